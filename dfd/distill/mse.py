@@ -1,0 +1,26 @@
+"""Plain feature imitation: MSE over the whole map (no region split)."""
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from .constraint import masked_squared_error
+from .transform import build_align
+
+
+class FeatureMSELoss(nn.Module):
+    """weight · (1/N) Σ_k Σ_{i,j} (F^T − align(F^S))² over every position.
+
+    Equal to DFD with both regions on "mse" and α = β = weight.
+    """
+
+    needs_boxes = False
+
+    def __init__(self, student_channels: int, teacher_channels: int, weight: float = 2e-5) -> None:
+        super().__init__()
+        if weight < 0:
+            raise ValueError(f"weight must be a non-negative number, got {weight!r}")
+        self.weight = float(weight)
+        self.align = build_align(student_channels, teacher_channels)
+
+    def forward(self, feat_s: Tensor, feat_t: Tensor, **_: object) -> dict[str, Tensor]:
+        return {"mse": self.weight * masked_squared_error(feat_t.detach(), self.align(feat_s))}

@@ -1,0 +1,57 @@
+"""ResNet/ResNeXt backbones from torchvision, by name."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torchvision
+from torch import nn
+from torchvision.ops import FrozenBatchNorm2d
+
+from .errors import WeightsError
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    builder: Callable[..., nn.Module]
+    channels: tuple[int, int, int, int]  # C2..C5 widths
+
+
+_BASIC = (64, 128, 256, 512)
+_BOTTLENECK = (256, 512, 1024, 2048)
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "resnet18": BackboneSpec(torchvision.models.resnet18, _BASIC),
+    "resnet34": BackboneSpec(torchvision.models.resnet34, _BASIC),
+    "resnet50": BackboneSpec(torchvision.models.resnet50, _BOTTLENECK),
+    "resnet101": BackboneSpec(torchvision.models.resnet101, _BOTTLENECK),
+    "resnext101_32x8d": BackboneSpec(torchvision.models.resnext101_32x8d, _BOTTLENECK),
+    "resnext101_64x4d": BackboneSpec(torchvision.models.resnext101_64x4d, _BOTTLENECK),
+}
+
+NORMS = ("frozen_bn", "bn")
+
+
+def resolve_torchvision_weights(name: str, builder: Callable[..., nn.Module] | None = None, key: str = "weights"):
+    """Turn ``"ResNet50_Weights.IMAGENET1K_V1"`` (or ``"DEFAULT"`` for ``builder``) into a weights enum."""
+    try:
+        if name == "DEFAULT" and builder is not None:
+            return torchvision.models.get_model_weights(builder).DEFAULT
+        return torchvision.models.get_weight(name)
+    except (ValueError, KeyError, AttributeError) as err:
+        raise WeightsError(
+            f"{key}={name!r} is neither a file nor a torchvision weights name "
+            f"(e.g. 'ResNet50_Weights.IMAGENET1K_V1' or 'DEFAULT'): {err}"
+        ) from err
+
+
+def build_backbone(name: str, *, weights: str | None = None, norm: str = "frozen_bn", key: str = "backbone") -> nn.Module:
+    """A torchvision ResNet/ResNeXt trunk; ``weights`` a torchvision weights name or None."""
+    if name not in BACKBONES:
+        raise ValueError(f"{key}={name!r} is not a known backbone; expected one of {', '.join(BACKBONES)}")
+    if norm not in NORMS:
+        raise ValueError(f"norm={norm!r}; expected one of {', '.join(NORMS)}")
+    spec = BACKBONES[name]
+    w = resolve_torchvision_weights(weights, spec.builder, key=f"{key}_weights") if weights else None
+    norm_layer = FrozenBatchNorm2d if norm == "frozen_bn" else nn.BatchNorm2d
+    return spec.builder(weights=w, norm_layer=norm_layer)
