@@ -20,6 +20,7 @@ from dfd.models import BACKBONES, DETECTOR_LEVELS, DETECTORS, NORMS, ComponentNo
 DATA_KINDS = ("synthetic", "coco")
 KNOWN_DATA_KINDS = DATA_KINDS + ("coco_keypoints", "cityscapes")
 ROLES = ("student", "teacher")
+OPTIMIZERS = ("sgd", "adamw")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 LOGGERS = ("none", "wandb")
 WANDB_MODES = ("offline", "online", "disabled")
@@ -141,6 +142,7 @@ class DataConfig:
 
 @dataclass
 class ScheduleConfig:
+    optimizer: str = "sgd"  # sgd (the paper's setting) | adamw (smoke scale: learns from scratch in minutes)
     epochs: int = 12
     steps: List[int] = field(default_factory=lambda: [8, 11])  # epochs after which lr *= gamma
     teacher_epochs: Optional[int] = None  # train=teacher: epochs (steps scaled alike); None = epochs
@@ -333,6 +335,7 @@ def _check_schedule(cfg: DictConfig) -> None:
         _positive("schedule.teacher_epochs", s.teacher_epochs)
     if list(s.steps) != sorted(s.steps) or any(x <= 0 or x > s.epochs for x in s.steps):
         _fail("schedule.steps", list(s.steps), f"expected increasing epochs in 1..{s.epochs}")
+    _choice("schedule.optimizer", s.optimizer, OPTIMIZERS)
     _positive("schedule.lr", s.lr)
     for key in ("momentum", "weight_decay", "warmup_iters"):
         _non_negative(f"schedule.{key}", s[key])

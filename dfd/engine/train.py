@@ -235,7 +235,10 @@ def run_training(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
 
     params = distiller.trainable_parameters()
     s = cfg.schedule
-    optimizer = torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+    if s.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     ipe = EpochBatchSampler.batches_per_epoch(len(train_ds), d.batch_size, info.world_size)
@@ -321,7 +324,9 @@ def run_training(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
         while it < total:
             epoch, offset = divmod(it, ipe)
             sampler = EpochBatchSampler(len(train_ds), d.batch_size, seed=cfg.seed, epoch=epoch, rank=info.rank, world_size=info.world_size, start=offset)
-            loader = DataLoader(train_ds, batch_sampler=sampler, collate_fn=collate, num_workers=d.num_workers, pin_memory=device.type == "cuda")
+            # A generator of its own, so creating the loader draws nothing from the global RNG (exact resumption)
+            loader = DataLoader(train_ds, batch_sampler=sampler, collate_fn=collate, num_workers=d.num_workers,
+                                pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
             for images, targets in loader:
                 if it >= total:
                     break

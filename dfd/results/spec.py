@@ -41,6 +41,7 @@ __all__ = [
     "SpecError",
     "TableSpec",
     "default_experiments_dir",
+    "load_all_specs",
     "load_spec",
     "spec_path",
 ]
@@ -149,6 +150,13 @@ def load_spec(
     if expected_number is not None and spec.number != expected_number:
         raise SpecError(f"{path}: 'number' is {spec.number}, expected {expected_number}")
     return spec
+
+
+def load_all_specs(experiments_dir: str | Path | None = None) -> list[TableSpec]:
+    """Every ``tableN.yaml`` of ``experiments_dir`` (default: the repo's), in table order."""
+    base = Path(experiments_dir) if experiments_dir is not None else default_experiments_dir()
+    paths = [p for p in base.glob("table*.yaml") if re.fullmatch(r"table\d+", p.stem)]
+    return [load_spec(int(p.stem[5:]), base) for p in sorted(paths, key=lambda p: int(p.stem[5:]))]
 
 
 # --------------------------------------------------------------------------- parsing

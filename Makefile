@@ -1,0 +1,48 @@
+# DFD reproduction. `make help` lists the targets.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SCALE ?= smoke
+DATA_ROOT ?=
+TEACHER ?=
+SEEDS ?= 0
+RUNS ?= runs
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-fast bench reproduce-table-1 reproduce-table-2 reproduce-table-3 \
+        reproduce-table-4 reproduce-table-5 reproduce-table-6 reproduce-table-7 clean
+
+help: ## Show this help
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
+	@echo "  reproduce-table-N      Train and collect Table N (1-7): SCALE=smoke|full DATA_ROOT= TEACHER= SEEDS=0,1,2"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1" || $(PY) -m pip install --quiet torch torchvision
+	$(PY) -m pip install --quiet -e ".[dev,cluster]"
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the package with its test tools
+
+demo: $(STAMP) ## Synthetic data, a teacher, students with and without DFD, one table (a few minutes on a CPU)
+	$(PY) scripts/demo.py runs_root=$(RUNS) $(ARGS)
+
+test: $(STAMP) ## Run the whole test suite (CPU; slow end-to-end tests included)
+	$(PY) -m pytest -q $(ARGS)
+
+test-fast: $(STAMP) ## Run the tests without the slow end-to-end ones
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+bench: $(STAMP) ## Speed benchmarks (FGD masks; training step time)
+	$(PY) scripts/bench_fgd_masks.py
+	$(PY) scripts/bench_step.py
+
+reproduce-table-%: $(STAMP) ## Train the table's runs and collect it into experiments/results/
+	$(PY) scripts/reproduce.py table=$* scale=$(SCALE) seeds=[$(SEEDS)] runs_root=$(RUNS) \
+		$(if $(DATA_ROOT),data_root=$(DATA_ROOT)) $(if $(TEACHER),teacher=$(TEACHER)) $(ARGS)
+
+clean: ## Remove caches and runs of the smoke scale (never full-scale runs)
+	rm -rf .cache $(RUNS)/smoke .pytest_cache

@@ -1,0 +1,62 @@
+"""Shared fixtures: composed configs and tiny real runs on tiny synthetic COCO data."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from dfd.engine.config import register_configs
+from dfd.engine.rows import register_rows
+from dfd.results.spec import load_all_specs
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+
+register_configs()
+register_rows(load_all_specs())
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    """The config ``scripts/train.py`` would get for these command-line overrides."""
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        return compose("config", overrides=overrides)
+
+
+@pytest.fixture(scope="session")
+def data_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One synthetic-data cache for the session (the runs point DFD_CACHE at it)."""
+    cache = tmp_path_factory.mktemp("cache")
+    old = os.environ.get("DFD_CACHE")
+    os.environ["DFD_CACHE"] = str(cache)
+    yield cache
+    if old is None:
+        os.environ.pop("DFD_CACHE", None)
+    else:
+        os.environ["DFD_CACHE"] = old
+
+
+TINY = [
+    "scale=smoke",
+    "data.synthetic.num_train=16",
+    "data.synthetic.num_val=8",
+    "data.batch_size=2",
+    "data.eval_batch_size=4",
+    "trainer.max_iters=3",
+    "trainer.progress=false",
+    "schedule.warmup_iters=1",
+]
+
+
+@pytest.fixture(scope="session")
+def teacher_checkpoint(tmp_path_factory: pytest.TempPathFactory, data_cache: Path) -> Path:
+    """A real teacher checkpoint: 3 iterations of the smoke teacher on tiny data."""
+    from dfd.engine.train import run_training
+
+    run_dir = tmp_path_factory.mktemp("teacher")
+    run_training(compose_config([*TINY, "train=teacher"]), run_dir)
+    return run_dir / "checkpoints" / "last.pth"
