@@ -11,8 +11,8 @@ RUNS ?= runs
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast bench reproduce-table-1 reproduce-table-2 reproduce-table-3 \
-        reproduce-table-4 reproduce-table-5 reproduce-table-6 reproduce-table-7 clean
+REPRODUCE := $(addprefix reproduce-table-,1 2 3 4 5 6 7)
+.PHONY: help install demo test test-fast bench clean $(REPRODUCE)
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
@@ -40,7 +40,7 @@ bench: $(STAMP) ## Speed benchmarks (FGD masks; training step time)
 	$(PY) scripts/bench_fgd_masks.py
 	$(PY) scripts/bench_step.py
 
-reproduce-table-%: $(STAMP) ## Train the table's runs and collect it into experiments/results/
+$(REPRODUCE): reproduce-table-%: $(STAMP)
 	$(PY) scripts/reproduce.py table=$* scale=$(SCALE) seeds=[$(SEEDS)] runs_root=$(RUNS) \
 		$(if $(DATA_ROOT),data_root=$(DATA_ROOT)) $(if $(TEACHER),teacher=$(TEACHER)) $(ARGS)
 

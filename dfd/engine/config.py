@@ -363,8 +363,12 @@ def _check_trainer(cfg: DictConfig) -> None:
     _choice("logger.mode", cfg.logger.mode, WANDB_MODES)
 
 
-def validate(cfg: DictConfig) -> None:
-    """Check every value of a composed config; raise ConfigError or ComponentNotImplemented."""
+def validate(cfg: DictConfig, require_teacher: bool = True) -> None:
+    """Check every value of a composed config; raise ConfigError or ComponentNotImplemented.
+
+    ``require_teacher=False`` skips the check that a distillation run names its teacher
+    (used when planning a table whose teacher is still to be trained).
+    """
     _choice("train.role", cfg.train.role, ROLES)
     _check_data(cfg)
     if cfg.train.role == "teacher":
@@ -376,7 +380,7 @@ def validate(cfg: DictConfig) -> None:
             _check_model(cfg.teacher, "teacher")
             if "dfd" in cfg.distill.methods:
                 _check_region(cfg)
-            if not (cfg.teacher.checkpoint or cfg.teacher.weights):
+            if require_teacher and not (cfg.teacher.checkpoint or cfg.teacher.weights):
                 _fail(
                     "teacher.checkpoint",
                     cfg.teacher.checkpoint,

@@ -285,10 +285,30 @@ def write_atomic(path: str | Path, text: str) -> Path:
     return path
 
 
-def write_tables(table: CollectedTable, out_dir: str | Path) -> dict[str, Path]:
-    """Write ``table<N>.md``, ``.csv`` and ``.tex`` into ``out_dir``; returns format -> path."""
-    out_dir = Path(out_dir)
+def _scale_of(md_path: Path) -> str | None:
+    """The scale a collected Markdown table was built at (its "- Scale: X" header line)."""
+    if not md_path.is_file():
+        return None
+    for line in md_path.read_text(encoding="utf-8").splitlines()[:12]:
+        if line.startswith("- Scale: "):
+            return line[len("- Scale: "):].strip()
+    return None
+
+
+def output_stem(table: CollectedTable, out_dir: str | Path) -> str:
+    """``table<N>``, or ``table<N>.smoke`` when ``table<N>.md`` already holds a full-scale table:
+    a smoke collection never replaces the paper-scale one."""
     stem = table.spec.name
+    if table.scale != "full" and _scale_of(Path(out_dir) / f"{stem}.md") == "full":
+        return f"{stem}.{table.scale}"
+    return stem
+
+
+def write_tables(table: CollectedTable, out_dir: str | Path) -> dict[str, Path]:
+    """Write ``table<N>.md``, ``.csv`` and ``.tex`` into ``out_dir`` (see :func:`output_stem`);
+    returns format -> path."""
+    out_dir = Path(out_dir)
+    stem = output_stem(table, out_dir)
     return {
         "md": write_atomic(out_dir / f"{stem}.md", to_markdown(table)),
         "csv": write_atomic(out_dir / f"{stem}.csv", to_csv(table)),
