@@ -83,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"{'level':<6} {'H x W':>9} {'loop ms':>9} {'vector ms':>10} {'speed-up':>9}")
     for stride, hw in zip(STRIDES, levels):
-        t_ref = best_time(lambda: fgd_masks_reference(boxes, sizes, hw), args.repeats)
-        t_vec = best_time(lambda: fgd_masks(boxes, sizes, hw), args.repeats)
+        t_ref = best_time(lambda hw=hw: fgd_masks_reference(boxes, sizes, hw), args.repeats)
+        t_vec = best_time(lambda hw=hw: fgd_masks(boxes, sizes, hw), args.repeats)
         name = f"P{int(math.log2(stride))}"
         print(f"{name:<6} {hw[0]:>4}x{hw[1]:<4} {t_ref:>9.2f} {t_vec:>10.3f} {t_ref / t_vec:>8.1f}x")
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, TINY, compose_config
 from pycocotools.coco import COCO
 
 from dfd.data import DataError
@@ -19,8 +20,6 @@ from dfd.engine.evaluate import coco_bbox_metrics, to_coco_results
 from dfd.engine.schedule import iteration_plan, lr_factor
 from dfd.engine.train import run_training
 from dfd.models import WeightsError
-
-from conftest import REPO, TINY, compose_config
 
 BBOX = ["bbox/AP", "bbox/AP50", "bbox/AP75", "bbox/APs", "bbox/APm", "bbox/APl"]
 
@@ -166,3 +165,19 @@ def test_truncated_annotation_file_fails_naming_it(tmp_path: Path) -> None:
         (root / "annotations" / f"instances_{split}2017.json").write_text('{"images": [{"id": 1, "file_na')
     with pytest.raises(DataError, match="instances_train2017.json"):
         run_training(compose_config([*TINY, "distill=none", "data=coco", f"data.root={root}"]), tmp_path / "run")
+
+
+@pytest.mark.slow
+def test_wandb_offline_logging(tmp_path: Path, teacher_checkpoint: Path, data_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """logger=wandb needs no account: offline by default, the config, losses, each distillation term and the metrics logged."""
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = compose_config([*TINY, "distill=dfd", f"teacher.checkpoint={teacher_checkpoint}", "logger=wandb",
+                          "experiment.table=5", "experiment.row=tf_mse", "trainer.log_interval=1"])
+    run_training(cfg, tmp_path)
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+    history = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert {"loss/classification", "distill/dfd/hd", "distill/dfd/ld", "lr"} <= set(history[0])
+    assert "bbox/AP" in history[-1]
+    assert (tmp_path / "wandb_id.txt").read_text().strip() in runs[0].name

@@ -11,13 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .checks import check_weight
 from .transform import build_align
-
-
-def _check_weight(value: float, key: str) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{key} must be a non-negative number, got {value!r}")
-    return float(value)
 
 
 def cwd_loss(logits_s: Tensor, logits_t: Tensor, tau: float = 1.0) -> Tensor:
@@ -61,7 +56,7 @@ class CWDLoss(nn.Module):
         if tau <= 0:
             raise ValueError(f"tau must be > 0, got {tau}")
         self.tau = float(tau)
-        self.weight = _check_weight(weight, "weight")
+        self.weight = check_weight(weight, "weight")
         self.align = build_align(student_channels, teacher_channels)
 
     def forward(

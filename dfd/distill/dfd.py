@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .checks import check_weight
 from .constraint import check_constraint, masked_squared_error
 from .disparity import disparity_map
 from .region import region_mask
@@ -16,11 +17,6 @@ from .transform import build_align, build_transform
 DEFAULT_ALPHA = 2e-5
 DEFAULT_BETA = 1e-5
 
-
-def _check_weight(value: float, key: str) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{key} must be a non-negative number, got {value!r}")
-    return float(value)
 
 
 class DFDLoss(nn.Module):
@@ -63,8 +59,8 @@ class DFDLoss(nn.Module):
         super().__init__()
         self.hd = check_constraint(hd, "hd")
         self.ld = check_constraint(ld, "ld")
-        self.alpha = _check_weight(alpha, "alpha")
-        self.beta = _check_weight(beta, "beta")
+        self.alpha = check_weight(alpha, "alpha")
+        self.beta = check_weight(beta, "beta")
         parse_threshold(threshold)
         self.threshold = threshold
         if temperature <= 0:

@@ -19,14 +19,8 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
 from .attention import channel_attention, spatial_attention
+from .checks import check_weight
 from .transform import build_align
-
-
-def _check_weight(value: float, key: str) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{key} must be a non-negative number, got {value!r}")
-    return float(value)
-
 
 # ---------------------------------------------------------------------------
 # Foreground / background masks
@@ -371,10 +365,10 @@ class FGDLoss(nn.Module):
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)
-        self.alpha_fgd = _check_weight(alpha_fgd, "alpha_fgd")
-        self.beta_fgd = _check_weight(beta_fgd, "beta_fgd")
-        self.gamma_fgd = _check_weight(gamma_fgd, "gamma_fgd")
-        self.lambda_fgd = _check_weight(lambda_fgd, "lambda_fgd")
+        self.alpha_fgd = check_weight(alpha_fgd, "alpha_fgd")
+        self.beta_fgd = check_weight(beta_fgd, "beta_fgd")
+        self.gamma_fgd = check_weight(gamma_fgd, "gamma_fgd")
+        self.lambda_fgd = check_weight(lambda_fgd, "lambda_fgd")
         self.align = build_align(student_channels, teacher_channels)
         self.global_s = FGDGlobalContext(teacher_channels)
         self.global_t = FGDGlobalContext(teacher_channels)

@@ -14,13 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .checks import check_weight
 from .transform import build_align, build_transform
-
-
-def _check_weight(value: float, key: str) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{key} must be a non-negative number, got {value!r}")
-    return float(value)
 
 
 def mgd_random_mask(
@@ -89,7 +84,7 @@ class MGDLoss(nn.Module):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        self.alpha = _check_weight(alpha, "alpha")
+        self.alpha = check_weight(alpha, "alpha")
         if not 0.0 <= lambda_mgd <= 1.0:
             raise ValueError(f"lambda_mgd must be in [0, 1], got {lambda_mgd}")
         self.lambda_mgd = float(lambda_mgd)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .checks import check_weight
 from .constraint import masked_squared_error
 from .transform import build_align
 
@@ -17,9 +18,7 @@ class FeatureMSELoss(nn.Module):
 
     def __init__(self, student_channels: int, teacher_channels: int, weight: float = 2e-5) -> None:
         super().__init__()
-        if weight < 0:
-            raise ValueError(f"weight must be a non-negative number, got {weight!r}")
-        self.weight = float(weight)
+        self.weight = check_weight(weight, "weight")
         self.align = build_align(student_channels, teacher_channels)
 
     def forward(self, feat_s: Tensor, feat_t: Tensor, **_: object) -> dict[str, Tensor]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .checks import check_weight
 from .transform import build_align
 
 PKD_EPS = 1e-6
@@ -24,11 +25,6 @@ def _check_pair(feat_s: Tensor, feat_t: Tensor) -> None:
     if feat_s.shape != feat_t.shape:
         raise ValueError(f"student and teacher maps differ in shape: {tuple(feat_s.shape)} vs {tuple(feat_t.shape)}")
 
-
-def _check_weight(value: float, key: str) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{key} must be a non-negative number, got {value!r}")
-    return float(value)
 
 
 def pkd_normalize(feat: Tensor, eps: float = PKD_EPS) -> Tensor:
@@ -79,7 +75,7 @@ class PKDLoss(nn.Module):
 
     def __init__(self, student_channels: int, teacher_channels: int, weight: float = 10.0) -> None:
         super().__init__()
-        self.weight = _check_weight(weight, "weight")
+        self.weight = check_weight(weight, "weight")
         self.align = build_align(student_channels, teacher_channels)
 
     def forward(

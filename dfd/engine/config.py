@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from dfd.distill import CONSTRAINTS, METHODS, TRANSFORM_STRUCTURES, parse_threshold
 from dfd.models import BACKBONES, DETECTOR_LEVELS, DETECTORS, NORMS, ComponentNotImplemented

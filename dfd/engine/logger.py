@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -57,8 +58,6 @@ def _wandb_id(run_dir: Path) -> str:
     id_file = run_dir / "wandb_id.txt"
     if id_file.is_file():
         return id_file.read_text().strip()
-    import wandb
-
-    run_id = wandb.util.generate_id()
+    run_id = secrets.token_hex(6)  # W&B ids are [a-z0-9]; written once per run directory
     id_file.write_text(run_id + "\n")
     return run_id

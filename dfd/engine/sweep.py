@@ -157,7 +157,7 @@ def run_plan(plan: TablePlan, *, seeds: Sequence[int], base: Sequence[str], laun
             log.error("teacher %s failed (exit %d); its rows are skipped", name, code)
             failed_teachers.add(name)
             status = max(status, code or 1)
-    for teacher, rows in plan.to_run.items():
+    for teacher in plan.to_run:
         if teacher in failed_teachers:
             continue
         status = max(status, _run(rows_command(plan, teacher, seeds, base, launcher), dry_run))

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from dfd.models import (
 
 from .checkpoint import atomic_save
 from .config import ConfigError, threshold_spec, validate
-from .dist import DistInfo, barrier, init_distributed, resolve_device
+from .dist import barrier, init_distributed, resolve_device
 from .distiller import Distiller, probe_channels
 from .evaluate import evaluate_detector
 from .logger import RunLogger
@@ -145,6 +146,38 @@ def method_params(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     return out
 
 
+def build_datasets(cfg: DictConfig):
+    """The train and val datasets of ``cfg.data`` (the synthetic set is generated on first use)."""
+    d = cfg.data
+    root = d.root or (synthetic_root(cfg) if d.kind == "synthetic" else None)
+    return build_detection_datasets(
+        d.kind, root, min_size=d.min_size, max_size=d.max_size, flip_prob=d.flip_prob,
+        filter_empty_train=d.filter_empty_train, synthetic=OmegaConf.to_container(d.synthetic, resolve=True),
+    )
+
+
+def build_components(cfg: DictConfig, device: torch.device):
+    """Datasets and the Distiller of a run: the model being trained (the teacher of a
+    ``train=teacher`` run, else the student), and for a distillation run the frozen
+    teacher with its weights and the losses of every selected method."""
+    train_ds, val_ds = build_datasets(cfg)
+    num_classes = train_ds.num_classes + 1  # label 0 is background
+    role = cfg.train.role
+    mcfg = cfg.teacher if role == "teacher" else cfg.student
+    model = build_model(mcfg, num_classes, cfg.data, role)
+    if mcfg.weights:
+        load_weights(model, mcfg.weights, f"{role}.weights")
+    teacher = losses = None
+    methods = method_params(cfg) if role == "student" else {}
+    if methods:
+        teacher = load_teacher(cfg, num_classes).to(device)
+        model.to(device)
+        channels = probe_channels(model, teacher, cfg.distill.levels, FEATURE_MODULES[mcfg.detector])
+        losses = FeatureDistillation(methods, channels)
+    distiller = Distiller(model, teacher, losses, cfg.distill.levels, FEATURE_MODULES[mcfg.detector]).to(device)
+    return train_ds, val_ds, distiller
+
+
 def _rng_state() -> dict[str, Any]:
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():
@@ -208,30 +241,11 @@ def run_training(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     torch.manual_seed(cfg.seed + info.rank)
     random.seed(cfg.seed + info.rank)
 
-    # data
-    d = cfg.data
-    root = d.root or (synthetic_root(cfg) if d.kind == "synthetic" else None)
-    train_ds, val_ds = build_detection_datasets(
-        d.kind, root, min_size=d.min_size, max_size=d.max_size, flip_prob=d.flip_prob,
-        filter_empty_train=d.filter_empty_train, synthetic=OmegaConf.to_container(d.synthetic, resolve=True),
-    )
-    num_classes = train_ds.num_classes + 1  # label 0 is background
-
-    # models
-    role = cfg.train.role
+    train_ds, val_ds, distiller = build_components(cfg, device)
+    model, teacher, losses = distiller.student, distiller.teacher, distiller.losses
+    d, role = cfg.data, cfg.train.role
     mcfg = cfg.teacher if role == "teacher" else cfg.student
-    model = build_model(mcfg, num_classes, d, role)
-    if mcfg.weights:
-        load_weights(model, mcfg.weights, f"{role}.weights")
-    teacher = losses = None
-    methods = method_params(cfg) if role == "student" else {}
-    if methods:
-        teacher = load_teacher(cfg, num_classes)
-        teacher.to(device)
-        model.to(device)
-        channels = probe_channels(model, teacher, cfg.distill.levels, FEATURE_MODULES[mcfg.detector])
-        losses = FeatureDistillation(methods, channels)
-    distiller = Distiller(model, teacher, losses, cfg.distill.levels, FEATURE_MODULES[mcfg.detector]).to(device)
+    num_classes = train_ds.num_classes + 1
 
     params = distiller.trainable_parameters()
     s = cfg.schedule
@@ -314,7 +328,8 @@ def run_training(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     from tqdm import tqdm
 
     last: dict[str, float] = {}
-    bar = tqdm(total=total, initial=start, desc=f"{role} {run_dir.name}", disable=not (cfg.trainer.progress and info.is_main), dynamic_ncols=True)
+    bar = tqdm(total=total, initial=start, desc=f"{role} {run_dir.name}", disable=not (cfg.trainer.progress and info.is_main),
+               dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30.0)  # sparse in log files
     train_model.train()
     it = start
     t_loop = time.perf_counter()

@@ -1,0 +1,86 @@
+#!/usr/bin/env python
+"""Measure each distillation term against the task loss at the start of training.
+
+    python scripts/calibrate_weights.py teacher.checkpoint=PATH [training overrides ...] [batches=10]
+
+Runs the first ``batches`` batches of the run the overrides describe (no update) and prints,
+per term, its mean value with the configured weights, its ratio to the task loss, and the
+weight that would make it equal to the task loss. This is how the defaults of
+docs/choices.md were checked; rerun it for your teacher, student and data.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from dfd.data import collate  # noqa: E402
+from dfd.data.sampler import EpochBatchSampler  # noqa: E402
+from dfd.engine.config import register_configs, validate  # noqa: E402
+from dfd.engine.train import build_components  # noqa: E402
+
+# where each term's weight lives in the config
+WEIGHT_KEYS = {"dfd/hd": "region.alpha", "dfd/ld": "region.beta", "mse/mse": "distill.mse.weight", "mgd/mgd": "distill.mgd.alpha",
+               "pkd/pkd": "distill.pkd.weight", "cwd/cwd": "distill.cwd.weight", "fgd/fg": "distill.fgd.alpha_fgd",
+               "fgd/bg": "distill.fgd.beta_fgd", "fgd/attention": "distill.fgd.gamma_fgd", "fgd/global": "distill.fgd.lambda_fgd"}
+
+
+def main(argv: list[str]) -> int:
+    batches = 10
+    overrides = []
+    for arg in argv:
+        if arg.startswith("batches="):
+            batches = int(arg.split("=", 1)[1])
+        else:
+            overrides.append(arg)
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        cfg = compose("config", overrides=overrides)
+    validate(cfg)
+    if not cfg.distill.methods or cfg.train.role != "student":
+        raise SystemExit("calibrate_weights.py: choose a distillation run (distill=dfd, ...) of train=student")
+    torch.manual_seed(cfg.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.device != "cpu" else "cpu")
+    train_ds, _, distiller = build_components(cfg, device)
+    distiller.train()
+    sampler = EpochBatchSampler(len(train_ds), cfg.data.batch_size, seed=cfg.seed, epoch=0)
+    sums: dict[str, float] = {}
+    seen = 0
+    with torch.no_grad():
+        for images, targets in DataLoader(train_ds, batch_sampler=sampler, collate_fn=collate):
+            if seen == batches:
+                break
+            out = distiller([im.to(device) for im in images], [{k: v.to(device) for k, v in t.items() if torch.is_tensor(v)} for t in targets])
+            task = sum(v.item() for k, v in out.items() if not k.startswith("distill/"))
+            sums["task"] = sums.get("task", 0.0) + task
+            for k, v in out.items():
+                if k.startswith("distill/"):
+                    sums[k[8:]] = sums.get(k[8:], 0.0) + v.item()
+            seen += 1
+    means = {k: v / seen for k, v in sums.items()}
+    task = means.pop("task")
+    print(f"task loss (mean of {seen} batches): {task:.4g}")
+    print(f"{'term':<16}{'value':>12}{'÷ task':>10}   weight for value = task loss")
+    for term, value in means.items():
+        key = WEIGHT_KEYS.get(term)
+        weight = float(eval_key(cfg, key)) if key else None
+        suggestion = f"{key}={weight * task / value:.3g}" if key and value > 0 else "—"
+        print(f"{term:<16}{value:>12.4g}{value / task:>10.3g}   {suggestion}")
+    return 0
+
+
+def eval_key(cfg, key: str):
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

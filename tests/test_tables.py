@@ -1,0 +1,122 @@
+"""Paper tables as sweeps: planning, the reproduce driver end to end, plain multiruns, launchers."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import CONF, REPO, TINY
+from hydra import compose, initialize_config_dir
+
+from dfd.engine.sweep import NOT_IMPLEMENTED_FILE, plan_table, rows_command
+from dfd.results import load_spec
+
+
+def _compose(overrides):
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        return compose("config", overrides=list(overrides), return_hydra_config=True)
+
+
+def _env(cache: Path) -> dict[str, str]:
+    return {**os.environ, "DFD_CACHE": str(cache)}
+
+
+def test_plan_separates_runnable_from_not_implemented(tmp_path: Path) -> None:
+    plan = plan_table(load_spec(2), scale_dir=tmp_path, seeds=[0], base=["scale=smoke"], compose=_compose)
+    runnable = [r for rows in plan.to_run.values() for r in rows]
+    assert sorted(runnable) == sorted(["retinanet_student", "retinanet_fgd", "retinanet_mgd", "retinanet_pkd", "retinanet_ours"])
+    assert plan.to_run[None] == ["retinanet_student"]  # no teacher needed
+    assert len(plan.not_implemented) == 10
+    assert all("is not implemented" in why for why in plan.not_implemented.values())
+    assert len(plan.teachers) == 1 and next(iter(plan.teachers)).startswith("retinanet_x101_64x4d-")
+
+
+def test_one_teacher_is_shared_by_tables(tmp_path: Path) -> None:
+    names = {t for n in (1, 4, 5) for t in plan_table(load_spec(n), scale_dir=tmp_path, seeds=[0], base=["scale=smoke"], compose=_compose).teachers}
+    assert len(names) == 1
+
+
+def test_rows_command_is_one_multirun_over_rows_and_seeds(tmp_path: Path) -> None:
+    plan = plan_table(load_spec(5), scale_dir=tmp_path, seeds=[0, 1], base=["scale=smoke"], compose=_compose)
+    (teacher,) = plan.to_run
+    cmd = rows_command(plan, teacher, [0, 1], ["scale=smoke"], "submitit_local")
+    assert cmd[2] == "-m" and "hydra/launcher=submitit_local" in cmd and "seed=0,1" in cmd
+    rows = next(c for c in cmd if c.startswith("+row=")).split("=", 1)[1].split(",")
+    assert rows == [f"table5_{r.id}" for r in load_spec(5).rows]
+    assert any(c.startswith("teacher.checkpoint=") and c.endswith("checkpoints/last.pth") for c in cmd)
+
+
+@pytest.mark.slow
+def test_reproduce_a_table_end_to_end(tmp_path: Path, data_cache: Path) -> None:
+    """make reproduce-table-4 in miniature: teacher, five rows, collected table; a rerun redoes nothing."""
+    out = tmp_path / "results"
+    cmd = [sys.executable, str(REPO / "scripts" / "reproduce.py"), "table=4", "scale=smoke", f"runs_root={tmp_path / 'runs'}",
+           f"out_dir={out}", *TINY[1:]]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(data_cache), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = list(csv.DictReader((out / "table4.csv").open()))
+    assert [r["row_id"] for r in rows] == [r.id for r in load_spec(4).rows]
+    assert all(r["status"] == "ok" and r["n"] == "1" and r["mAP_paper"] and r["mAP_mean"] != "" for r in rows), rows
+    md = (out / "table4.md").read_text()
+    assert "NOT comparable" in md and "40.3" in md and (out / "table4.tex").is_file()
+    for r in load_spec(4).rows:
+        metrics = json.loads((tmp_path / "runs" / "smoke" / "table4" / r.id / "seed0" / "metrics.json").read_text())
+        assert metrics["experiment"]["row"] == r.id and metrics["experiment"]["table"] == 4
+        losses = metrics["losses"]
+        for method in metrics["experiment"]["methods"]:
+            assert any(k.startswith(f"distill/{method}/") for k in losses), (r.id, losses)  # each term under its name
+    teachers = [p for p in (tmp_path / "runs" / "smoke" / "teachers").iterdir() if p.is_dir()]
+    assert len(teachers) == 1 and (teachers[0] / "metrics.json").is_file()
+
+    stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("metrics.json")}
+    again = subprocess.run(cmd, capture_output=True, text=True, env=_env(data_cache), timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "0 rows to run, 5 finished" in again.stderr
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("metrics.json")} == stamp
+
+
+@pytest.mark.slow
+def test_not_implemented_rows_are_marked_and_shown(tmp_path: Path, data_cache: Path) -> None:
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, str(REPO / "scripts" / "reproduce.py"), "table=7", "scale=smoke", f"runs_root={runs}", f"out_dir={tmp_path}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(data_cache), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = list(csv.DictReader((tmp_path / "table7.csv").open()))
+    assert rows and all(r["status"] == "not_implemented" for r in rows)
+    assert all(r["AP_mean"] == "" and r["mIoU_mean"] == "" for r in rows)  # no number without a run
+    marker = json.loads((runs / "smoke" / "table7" / rows[0]["row_id"] / NOT_IMPLEMENTED_FILE).read_text())
+    assert "is not implemented" in marker["error"]
+
+
+@pytest.mark.slow
+def test_plain_sweep_gives_one_run_per_combination(tmp_path: Path, teacher_checkpoint: Path, data_cache: Path) -> None:
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "-m", *TINY, "distill=dfd", "region.hd=mse,tf", "region.ld=mse,none",
+           f"teacher.checkpoint={teacher_checkpoint}", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(data_cache), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seen = set()
+    for job in sorted(p for p in sweep.iterdir() if p.is_dir()):
+        cfg = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
+        assert (job / "metrics.json").is_file()
+        seen.add((cfg["region"]["hd"], cfg["region"]["ld"]))
+    assert seen == {("mse", "mse"), ("mse", "none"), ("tf", "mse"), ("tf", "none")}
+
+
+@pytest.mark.slow
+def test_submitit_local_launcher_runs_the_sweep(tmp_path: Path, data_cache: Path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "-m", "hydra/launcher=submitit_local", *TINY, "distill=none",
+           "seed=0,1", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=seed${seed}", "hydra.launcher.timeout_min=10"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(data_cache), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for seed in (0, 1):
+        record = json.loads((sweep / f"seed{seed}" / "metrics.json").read_text())
+        assert record["experiment"]["seed"] == seed and record["status"] == "finished"
+    assert (sweep / ".submitit").is_dir()
