@@ -181,3 +181,18 @@ def test_wandb_offline_logging(tmp_path: Path, teacher_checkpoint: Path, data_ca
     assert {"loss/classification", "distill/dfd/hd", "distill/dfd/ld", "lr"} <= set(history[0])
     assert "bbox/AP" in history[-1]
     assert (tmp_path / "wandb_id.txt").read_text().strip() in runs[0].name
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu(tmp_path: Path, teacher_checkpoint: Path, data_cache: Path) -> None:
+    """torchrun with 2 CPU processes (gloo): DFD student trains with DDP, rank 0 writes the run files."""
+    run_dir = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           str(REPO / "scripts" / "train.py"), *TINY, "distill=dfd", f"teacher.checkpoint={teacher_checkpoint}",
+           "trainer.threads=1", f"hydra.run.dir={run_dir}"]
+    env = {**__import__("os").environ, "DFD_CACHE": str(data_cache), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert record["status"] == "finished" and record["timings"]["iterations"] == 3
+    assert {"distill/dfd/hd", "distill/dfd/ld"} <= set(record["losses"])
