@@ -196,3 +196,13 @@ def test_two_process_ddp_on_cpu(tmp_path: Path, teacher_checkpoint: Path, data_c
     record = json.loads((run_dir / "metrics.json").read_text())
     assert record["status"] == "finished" and record["timings"]["iterations"] == 3
     assert {"distill/dfd/hd", "distill/dfd/ld"} <= set(record["losses"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["fgd", "cwd", "mse", "pkd+dfd"])
+def test_each_method_trains_in_the_loop(method: str, tmp_path: Path, teacher_checkpoint: Path, data_cache: Path) -> None:
+    cfg = compose_config([*TINY, f"distill={method}", f"teacher.checkpoint={teacher_checkpoint}", "distill.inherit=true",
+                          "trainer.evaluate=false"])
+    record = run_training(cfg, tmp_path)
+    for m in method.split("+"):
+        assert any(k.startswith(f"distill/{m}/") for k in record["losses"]), record["losses"]
