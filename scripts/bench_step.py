@@ -18,10 +18,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
 
 from dfd.distill import FeatureDistillation  # noqa: E402
-from dfd.engine.config import register_configs  # noqa: E402
+from dfd.engine.config import compose_config, register_configs  # noqa: E402
 from dfd.engine.dist import DistInfo, resolve_device  # noqa: E402
 from dfd.engine.distiller import Distiller, probe_channels  # noqa: E402
 from dfd.engine.train import _amp_dtype, build_model, method_params  # noqa: E402
@@ -80,8 +79,7 @@ def main(argv: list[str]) -> int:
         else:
             overrides.append(arg)
     register_configs()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-        cfg = compose("config", overrides=overrides)
+    cfg = compose_config(overrides)
     dev = "cuda" if torch.cuda.is_available() and cfg.trainer.device != "cpu" else "cpu"
     name = torch.cuda.get_device_name() if dev == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device: {name}; torch {torch.__version__}; input {cfg.data.max_size}x{cfg.data.min_size}, batch {cfg.data.batch_size}; "

@@ -17,12 +17,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from dfd.data import collate  # noqa: E402
 from dfd.data.sampler import EpochBatchSampler  # noqa: E402
-from dfd.engine.config import register_configs, validate  # noqa: E402
+from dfd.engine.config import compose_config, register_configs, validate  # noqa: E402
+from dfd.engine.dist import DistInfo, resolve_device  # noqa: E402
 from dfd.engine.train import build_components  # noqa: E402
 
 # where each term's weight lives in the config
@@ -40,13 +41,12 @@ def main(argv: list[str]) -> int:
         else:
             overrides.append(arg)
     register_configs()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-        cfg = compose("config", overrides=overrides)
+    cfg = compose_config(overrides)
     validate(cfg)
     if not cfg.distill.methods or cfg.train.role != "student":
         raise SystemExit("calibrate_weights.py: choose a distillation run (distill=dfd, ...) of train=student")
     torch.manual_seed(cfg.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.device != "cpu" else "cpu")
+    device = resolve_device(cfg.trainer.device, DistInfo())
     train_ds, _, distiller = build_components(cfg, device)
     distiller.train()
     sampler = EpochBatchSampler(len(train_ds), cfg.data.batch_size, seed=cfg.seed, epoch=0)
@@ -69,17 +69,10 @@ def main(argv: list[str]) -> int:
     print(f"{'term':<16}{'value':>12}{'÷ task':>10}   weight for value = task loss")
     for term, value in means.items():
         key = WEIGHT_KEYS.get(term)
-        weight = float(eval_key(cfg, key)) if key else None
+        weight = float(OmegaConf.select(cfg, key)) if key else None
         suggestion = f"{key}={weight * task / value:.3g}" if key and value > 0 else "—"
         print(f"{term:<16}{value:>12.4g}{value / task:>10.3g}   {suggestion}")
     return 0
-
-
-def eval_key(cfg, key: str):
-    node = cfg
-    for part in key.split("."):
-        node = node[part]
-    return node
 
 
 if __name__ == "__main__":

@@ -17,9 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hydra import compose, initialize_config_dir  # noqa: E402
-
-from dfd.engine.config import register_configs  # noqa: E402
+from dfd.engine.config import compose_config, register_configs  # noqa: E402
 from dfd.engine.runinfo import CHECKPOINT  # noqa: E402
 from dfd.engine.train import run_training  # noqa: E402
 
@@ -51,8 +49,7 @@ def main(argv: list[str]) -> int:
     t0 = time.perf_counter()
 
     def run(name: str, overrides: list[str]) -> dict:
-        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-            cfg = compose("config", overrides=["scale=smoke", f"runs_root={runs_root}", *overrides, *extra])
+        cfg = compose_config(["scale=smoke", f"runs_root={runs_root}", *overrides, *extra])
         logging.info("=== %s (%s) ===", name, " ".join(overrides))
         return run_training(cfg, base / name)
 

@@ -23,9 +23,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hydra import compose, initialize_config_dir  # noqa: E402
-
-from dfd.engine.config import register_configs  # noqa: E402
+from dfd.engine.config import compose_config, register_configs  # noqa: E402
 from dfd.engine.rows import register_rows  # noqa: E402
 from dfd.engine.sweep import LAUNCHERS, plan_table, run_plan  # noqa: E402
 from dfd.results import collect_table, load_spec, log_wandb, to_markdown, write_tables  # noqa: E402
@@ -78,12 +76,10 @@ def main(argv: list[str]) -> int:
         base += ["logger=wandb", f"logger.project={own['wandb_project']}"]
     base += forward
 
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-        plan = plan_table(
-            spec, scale_dir=Path(own["runs_root"]) / own["scale"], seeds=own["seeds"], base=base,
-            compose=lambda ov: compose("config", overrides=list(ov), return_hydra_config=True),
-            teacher_checkpoints=teachers,
-        )
+    plan = plan_table(
+        spec, scale_dir=Path(own["runs_root"]) / own["scale"], seeds=own["seeds"], base=base,
+        compose=lambda ov: compose_config(ov, return_hydra_config=True), teacher_checkpoints=teachers,
+    )
     logging.info("%s at %s scale: %d rows to run, %d finished, %d not implemented, teachers to train: %s",
                  spec.name, own["scale"], sum(map(len, plan.to_run.values())), len(plan.finished),
                  len(plan.not_implemented), [t for t, p in plan.teachers.items() if not p.finished] or "none")

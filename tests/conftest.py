@@ -6,25 +6,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
 
-from dfd.engine.config import register_configs
+from dfd.engine.config import CONF_DIR, compose_config, register_configs
 from dfd.engine.rows import register_rows
 from dfd.results.spec import load_all_specs
 
 REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
+CONF = CONF_DIR
 
 register_configs()
 register_rows(load_all_specs())
 torch.set_num_threads(min(2, torch.get_num_threads()))
-
-
-def compose_config(overrides: list[str]) -> DictConfig:
-    """The config ``scripts/train.py`` would get for these command-line overrides."""
-    with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        return compose("config", overrides=overrides)
 
 
 @pytest.fixture(scope="session")

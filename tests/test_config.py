@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 from conftest import CONF, compose_config
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from dfd.engine.config import ConfigError, validate
@@ -128,11 +129,4 @@ def test_every_table_row_composes(spec, ckpt_file: Path, tmp_path: Path) -> None
         for ov in row.overrides:
             key, value = ov.split("=", 1)
             if "." in key:
-                assert str(eval_path(cfg, key)) == value, (row.id, ov)
-
-
-def eval_path(cfg, key: str):
-    node = cfg
-    for part in key.split("."):
-        node = node[part]
-    return node
+                assert str(OmegaConf.select(cfg, key)) == value, (row.id, ov)

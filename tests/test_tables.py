@@ -10,16 +10,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CONF, REPO, TINY
-from hydra import compose, initialize_config_dir
+from conftest import REPO, TINY
 
+from dfd.engine.config import compose_config
 from dfd.engine.sweep import NOT_IMPLEMENTED_FILE, plan_table, rows_command
 from dfd.results import load_spec
 
 
 def _compose(overrides):
-    with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        return compose("config", overrides=list(overrides), return_hydra_config=True)
+    return compose_config(overrides, return_hydra_config=True)
 
 
 def _env(cache: Path) -> dict[str, str]:

@@ -7,10 +7,12 @@ any model is built, raising :class:`ConfigError` with the key and the value at f
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
 
+from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
@@ -213,9 +215,18 @@ class Config:
     runs_root: str = "runs"
 
 
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
 def register_configs() -> None:
     """Register the schema as ``config_schema`` (first entry of conf/config.yaml's defaults)."""
     ConfigStore.instance().store(name="config_schema", node=Config)
+
+
+def compose_config(overrides: Sequence[str], *, return_hydra_config: bool = False) -> DictConfig:
+    """The config ``scripts/train.py`` would get for these command-line overrides (without running Hydra's app)."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        return compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
 # ---------------------------------------------------------------------------- checks

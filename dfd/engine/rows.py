@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+from .config import CONF_DIR
 
 
 class RowLike(Protocol):
