@@ -17,35 +17,46 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import dataclasses  # noqa: E402
+
 import torch  # noqa: E402
 
 from dfd.distill import FeatureDistillation  # noqa: E402
-from dfd.engine.config import compose_config, register_configs  # noqa: E402
+from dfd.engine.config import Config, compose_config, distill_levels, load_config, method_params  # noqa: E402
 from dfd.engine.dist import DistInfo, resolve_device  # noqa: E402
 from dfd.engine.distiller import Distiller, probe_channels  # noqa: E402
-from dfd.engine.train import _amp_dtype, build_model, method_params  # noqa: E402
+from dfd.engine.setup import amp_dtype  # noqa: E402
+from dfd.models import build_model  # noqa: E402
 
 
-def bench(cfg, methods: list[str], iters: int, warmup: int) -> dict[str, float]:
+def _random_weights(options):
+    """The model's options without pretrained weights (speed does not depend on them; nothing is downloaded)."""
+    fields = {f.name for f in dataclasses.fields(options)}
+    return dataclasses.replace(options, weights=None, checkpoint=None,
+                               **({"backbone_weights": None} if "backbone_weights" in fields else {}))
+
+
+def bench(cfg: Config, methods: list[str], iters: int, warmup: int) -> dict[str, float]:
     device = resolve_device(cfg.trainer.device, DistInfo())
-    amp = _amp_dtype(cfg.trainer.amp, device)
-    num_classes = 81
-    student = build_model(cfg.student, num_classes, cfg.data, "student").to(device)
+    amp = amp_dtype(cfg.trainer.amp, device)
+    num_classes = 80
+    student = build_model(_random_weights(cfg.student), num_classes, "student").to(device)
     teacher = losses = None
     if methods:
-        cfg.distill.methods = methods
-        teacher = build_model(cfg.teacher, num_classes, cfg.data, "teacher").to(device)
-        losses = FeatureDistillation(method_params(cfg), probe_channels(student, teacher, cfg.distill.levels))
-    model = Distiller(student, teacher, losses, cfg.distill.levels).to(device).train()
-    opt = torch.optim.SGD(model.trainable_parameters(), lr=1e-4, momentum=0.9)
+        cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, methods=methods))
+        teacher = build_model(_random_weights(cfg.teacher), num_classes, "teacher").to(device)
+        losses = FeatureDistillation(method_params(cfg), probe_channels(student, teacher, distill_levels(cfg), device))
+    model = Distiller(student, teacher, losses).to(device).train()
+    params = [p for m in model.trainable_modules() for p in m.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
     g = torch.Generator().manual_seed(0)
     h, w = cfg.data.min_size, cfg.data.max_size
-    images = [torch.rand(3, h, w, generator=g).to(device) for _ in range(cfg.data.batch_size)]
+    images = [torch.rand(3, h, w, generator=g) for _ in range(cfg.data.batch_size)]
     targets = []
     for _ in images:
         xy = torch.rand(8, 2, generator=g) * torch.tensor([w * 0.7, h * 0.7])
         wh = 16 + torch.rand(8, 2, generator=g) * torch.tensor([w * 0.3, h * 0.3])
-        targets.append({"boxes": torch.cat([xy, xy + wh], 1).to(device), "labels": torch.randint(1, num_classes, (8,), generator=g).to(device)})
+        targets.append({"boxes": torch.cat([xy, xy + wh], 1), "labels": torch.randint(1, num_classes + 1, (8,), generator=g)})
     times = []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -54,7 +65,7 @@ def bench(cfg, methods: list[str], iters: int, warmup: int) -> dict[str, float]:
             torch.cuda.synchronize(device)
         t = time.perf_counter()
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            loss = sum(model(images, targets).values())
+            loss = sum(model(model.prepare(images, targets, device)).values())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -78,16 +89,16 @@ def main(argv: list[str]) -> int:
             own[key] = value
         else:
             overrides.append(arg)
-    register_configs()
-    cfg = compose_config(overrides)
+    cfg = load_config(compose_config(overrides), require_teacher=False)
     dev = "cuda" if torch.cuda.is_available() and cfg.trainer.device != "cpu" else "cpu"
     name = torch.cuda.get_device_name() if dev == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device: {name}; torch {torch.__version__}; input {cfg.data.max_size}x{cfg.data.min_size}, batch {cfg.data.batch_size}; "
-          f"teacher {cfg.teacher.backbone}, student {cfg.student.backbone}; amp {cfg.trainer.amp}")
+          f"teacher {cfg.teacher.family} {getattr(cfg.teacher, 'backbone', '')}, student {cfg.student.family} "
+          f"{getattr(cfg.student, 'backbone', '')}; amp {cfg.trainer.amp}")
     print("| methods | step median (s) | step min (s) | peak GPU memory (GiB) |\n|---|---:|---:|---:|")
     for entry in own["methods"].split(","):
         methods = [] if entry == "none" else entry.split("+")
-        r = bench(cfg.copy(), methods, int(own["iters"]), int(own["warmup"]))
+        r = bench(cfg, methods, int(own["iters"]), int(own["warmup"]))
         peak = f"{r['peak_gib']:.2f}" if "peak_gib" in r else "—"
         print(f"| {entry} | {r['median_s']:.3f} | {r['min_s']:.3f} | {peak} |", flush=True)
     return 0

@@ -16,15 +16,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import functools  # noqa: E402
+
 import torch  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from dfd.data import collate  # noqa: E402
-from dfd.data.sampler import EpochBatchSampler  # noqa: E402
-from dfd.engine.config import compose_config, register_configs, validate  # noqa: E402
-from dfd.engine.dist import DistInfo, resolve_device  # noqa: E402
-from dfd.engine.train import build_components  # noqa: E402
+from dfd.data import EpochBatchSampler, collate  # noqa: E402
+from dfd.engine.config import compose_config, load_config  # noqa: E402
+from dfd.engine.setup import setup_process  # noqa: E402
+from dfd.engine.train import build_run  # noqa: E402
 
 # where each term's weight lives in the config
 WEIGHT_KEYS = {"dfd/hd": "region.alpha", "dfd/ld": "region.beta", "mse/mse": "distill.mse.weight", "mgd/mgd": "distill.mgd.alpha",
@@ -40,25 +40,21 @@ def main(argv: list[str]) -> int:
             batches = int(arg.split("=", 1)[1])
         else:
             overrides.append(arg)
-    register_configs()
-    cfg = compose_config(overrides)
-    validate(cfg)
-    if not cfg.distill.methods or cfg.train.role != "student":
+    cfg = load_config(compose_config(overrides))
+    if not cfg.distilling:
         raise SystemExit("calibrate_weights.py: choose a distillation run (distill=dfd, ...) of train=student")
-    torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.trainer.device, DistInfo())
-    train_ds, _, distiller = build_components(cfg, device)
-    distiller.train()
-    sampler = EpochBatchSampler(len(train_ds), cfg.data.batch_size, seed=cfg.seed, epoch=0)
+    info, device = setup_process(cfg)
+    run = build_run(cfg, Path("."), info, device)
+    distiller = run.distiller.train()
+    sampler = EpochBatchSampler(len(run.train_set), cfg.data.batch_size, seed=cfg.seed, epoch=0)
     sums: dict[str, float] = {}
     seen = 0
     with torch.no_grad():
-        for images, targets in DataLoader(train_ds, batch_sampler=sampler, collate_fn=collate):
+        for images, targets in DataLoader(run.train_set, batch_sampler=sampler, collate_fn=collate):
             if seen == batches:
                 break
-            out = distiller([im.to(device) for im in images], [{k: v.to(device) for k, v in t.items() if torch.is_tensor(v)} for t in targets])
-            task = sum(v.item() for k, v in out.items() if not k.startswith("distill/"))
-            sums["task"] = sums.get("task", 0.0) + task
+            out = distiller(distiller.prepare(images, targets, device))
+            sums["task"] = sums.get("task", 0.0) + sum(v.item() for k, v in out.items() if not k.startswith("distill/"))
             for k, v in out.items():
                 if k.startswith("distill/"):
                     sums[k[8:]] = sums.get(k[8:], 0.0) + v.item()
@@ -69,7 +65,7 @@ def main(argv: list[str]) -> int:
     print(f"{'term':<16}{'value':>12}{'÷ task':>10}   weight for value = task loss")
     for term, value in means.items():
         key = WEIGHT_KEYS.get(term)
-        weight = float(OmegaConf.select(cfg, key)) if key else None
+        weight = float(functools.reduce(getattr, key.split("."), cfg)) if key else None
         suggestion = f"{key}={weight * task / value:.3g}" if key and value > 0 else "—"
         print(f"{term:<16}{value:>12.4g}{value / task:>10.3g}   {suggestion}")
     return 0

@@ -17,9 +17,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dfd.engine.config import compose_config, register_configs  # noqa: E402
-from dfd.engine.runinfo import CHECKPOINT  # noqa: E402
+from dfd.engine.config import compose_config  # noqa: E402
 from dfd.engine.train import run_training  # noqa: E402
+from dfd.rundir import CHECKPOINT  # noqa: E402
 
 COLUMNS = ("bbox/AP", "bbox/AP50", "bbox/APs", "bbox/APm", "bbox/APl")
 
@@ -45,7 +45,6 @@ def main(argv: list[str]) -> int:
         else:
             extra.append(arg)
     base = Path(runs_root) / "smoke" / "demo"
-    register_configs()
     t0 = time.perf_counter()
 
     def run(name: str, overrides: list[str]) -> dict:

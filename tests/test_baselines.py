@@ -260,9 +260,10 @@ def test_fgd_global_block_and_loss():
         FGDGlobalContext(1)
 
 
-def test_fgd_module_zero_for_identical_maps_and_needs_boxes():
+def test_fgd_module_zero_for_identical_maps_and_declares_its_inputs():
     module = FGDLoss(8, 8)
-    assert FGDLoss.needs_boxes and not PKDLoss.needs_boxes and not CWDLoss.needs_boxes and not MGDLoss.needs_boxes
+    assert FGDLoss.inputs == ("boxes", "image_sizes")
+    assert PKDLoss.inputs == CWDLoss.inputs == MGDLoss.inputs == ()
     x = torch.randn(2, 8, 6, 6)
     boxes = [torch.tensor([[0.0, 0.0, 20.0, 20.0]]), torch.zeros(0, 4)]
     out = module(x, x.clone(), boxes=boxes, image_sizes=[(48, 48), (48, 48)])
@@ -307,7 +308,7 @@ def _boxes() -> list[torch.Tensor]:
 
 
 def _call(module: nn.Module, s: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
-    if module.needs_boxes:
+    if module.inputs:
         return module(s, t, boxes=_boxes(), image_sizes=IMAGE_SIZES)
     return module(s, t)
 

@@ -1,4 +1,4 @@
-"""Tests for dfd.data: synthetic COCO generation, the COCO loader, transforms and loaders."""
+"""Tests for dfd.data: synthetic COCO generation, the COCO loader, transforms and the dataset registry."""
 from __future__ import annotations
 
 import contextlib
@@ -12,22 +12,26 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
+from torchvision import tv_tensors
+from torchvision.transforms import v2
 
 from dfd.data import (
+    DATASETS,
     CocoDetection,
     DataError,
-    RandomHorizontalFlip,
-    Resize,
-    ToTensor,
-    build_detection_datasets,
-    build_loader,
+    ScaleToFit,
+    build_datasets,
     build_transforms,
     collate,
+    data_kinds,
     ensure_synthetic_coco,
+    fit_scale,
+    fit_size,
     generate_synthetic_coco,
-    resize_scale,
+    synthetic_cache_root,
 )
 from dfd.data import synthetic as synthetic_module
+from dfd.errors import ComponentNotImplemented
 
 SMALL = {"num_train": 12, "num_val": 6}
 # pycocotools' mask decoding trips a numpy 2 deprecation warning; not ours to fix.
@@ -221,7 +225,9 @@ def test_loader_on_handmade_coco(handmade: Path) -> None:
     assert isinstance(image, Image.Image) and image.mode == "RGB" and image.size == (40, 30)
     assert target["image_id"] == 7
     assert target["labels"].dtype == torch.int64 and target["labels"].tolist() == [2, 3]
-    assert target["boxes"].dtype == torch.float32
+    assert isinstance(target["boxes"], tv_tensors.BoundingBoxes) and target["boxes"].dtype == torch.float32
+    assert target["boxes"].format == tv_tensors.BoundingBoxFormat.XYXY and target["boxes"].canvas_size == (30, 40)
+    assert "masks" not in target
     assert target["boxes"].tolist() == [[1, 2, 11, 7], [30, 20, 40, 30]]  # second one clipped
     assert target["orig_size"].tolist() == [30, 40] and target["size"].tolist() == [30, 40]
 
@@ -242,7 +248,8 @@ def test_loader_on_handmade_coco(handmade: Path) -> None:
 def test_loader_with_transforms(handmade: Path) -> None:
     ds = CocoDetection(handmade, "val", build_transforms(False, min_size=60, max_size=100))
     image, target = ds[1]
-    assert image.dtype == torch.float32 and image.shape == (3, 60, 80)
+    assert isinstance(image, tv_tensors.Image) and image.dtype == torch.float32 and image.shape == (3, 60, 80)
+    assert isinstance(target["boxes"], tv_tensors.BoundingBoxes) and target["boxes"].canvas_size == (60, 80)
     assert 0.0 <= image.min() and image.max() <= 1.0
     assert target["size"].tolist() == [60, 80] and target["orig_size"].tolist() == [30, 40]
     assert torch.allclose(target["boxes"], torch.tensor([[2.0, 4, 22, 14], [60, 40, 80, 60]]))
@@ -299,6 +306,8 @@ def test_synthetic_data_reads_through_loader(synth_root: Path) -> None:
     assert ds.num_classes == 4 and len(ds) == SMALL["num_train"]
     kept = CocoDetection(synth_root, "train", filter_empty=True)
     assert 0 < len(kept) < len(ds)
+    assert ds.aspect_groups() == [int(ds.coco.imgs[i]["width"] > ds.coco.imgs[i]["height"]) for i in ds.ids]
+    assert set(ds.aspect_groups()) == {0, 1}
     for i in range(len(kept)):
         image, target = kept[i]
         assert image.mode == "RGB" and len(target["labels"]) > 0
@@ -307,121 +316,240 @@ def test_synthetic_data_reads_through_loader(synth_root: Path) -> None:
         assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
 
 
+
+
+def test_masks_follow_the_image(handmade: Path) -> None:
+    raw = CocoDetection(handmade, "val", with_masks=True)
+    _, target = raw[1]  # image 7: two usable polygons, a degenerate box and a crowd region left out
+    masks = target["masks"]
+    assert isinstance(masks, tv_tensors.Mask) and masks.dtype == torch.uint8 and masks.shape == (2, 30, 40)
+    anns = {a["id"]: a for a in raw.coco.loadAnns(raw.coco.getAnnIds(imgIds=[7]))}
+    assert torch.equal(masks[0], torch.from_numpy(raw.coco.annToMask(anns[1])))
+    assert masks[1].sum() > 0 and masks[1][:20].sum() == 0  # the second polygon starts at y=20
+
+    flipped = CocoDetection(handmade, "val", build_transforms(True, min_size=60, max_size=100, flip_prob=1.0),
+                            with_masks=True)
+    _, out = flipped[1, 5]
+    assert out["masks"].shape == (2, 60, 80) and out["masks"].dtype == torch.uint8
+    expected = v2.functional.resize(tv_tensors.Mask(masks.flip(-1)), [60, 80])  # nearest for masks
+    assert torch.equal(out["masks"], expected)
+    for mask, box in zip(out["masks"], out["boxes"]):
+        ys, xs = torch.nonzero(mask, as_tuple=True)
+        assert box[0] - 1 <= xs.min() and xs.max() <= box[2] and box[1] - 1 <= ys.min() and ys.max() <= box[3]
+    _, crowd_only = flipped[2]
+    assert crowd_only["masks"].shape == (0, 60, 60) and crowd_only["boxes"].shape == (0, 4)
+
+
+def test_error_annotation_without_segmentation(handmade: Path) -> None:
+    path = _ann_file(handmade, "val")
+    data = json.loads(path.read_text())
+    del data["annotations"][1]["segmentation"]
+    path.write_text(json.dumps(data))
+    ds = CocoDetection(handmade, "val", with_masks=True)
+    with pytest.raises(DataError, match=r"instances_val2017\.json: annotation id 2 \(image id 7\).*segmentation"):
+        ds[1]
+    assert len(CocoDetection(handmade, "val")[1][1]["boxes"]) == 2  # boxes alone do not need it
+
+
+def test_error_aspect_groups_without_sizes(handmade: Path) -> None:
+    path = _ann_file(handmade, "train")
+    data = json.loads(path.read_text())
+    del data["images"][1]["height"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"instances_train2017\.json: image id 3 \(b\.jpg\) needs.*'height'"):
+        CocoDetection(handmade, "train").aspect_groups()
+
+
+def test_seeded_items_are_pure_and_leave_the_global_rng(synth_root: Path) -> None:
+    ds = CocoDetection(synth_root, "train", build_transforms(True, min_size=64, max_size=80), filter_empty=True)
+    plain = CocoDetection(synth_root, "train", build_transforms(False, min_size=64, max_size=80), filter_empty=True)
+    torch.manual_seed(1234)
+    state = torch.get_rng_state()
+    image, target = ds[0, 77]
+    assert torch.equal(torch.get_rng_state(), state), "__getitem__ changed the global RNG"
+    again, target_again = ds[[0, 77]]
+    assert torch.equal(image, again) and torch.equal(target["boxes"], target_again["boxes"])
+
+    unflipped = plain[0][1]["boxes"]
+    flips = []
+    for seed in range(24):
+        image, target = ds[0, seed]
+        height, width = target["size"].tolist()
+        boxes = target["boxes"]
+        assert tuple(image.shape[-2:]) == (height, width) and boxes.canvas_size == (height, width)
+        assert (boxes[:, 0::2] >= 0).all() and (boxes[:, 0::2] <= width).all()
+        assert (boxes[:, 1::2] >= 0).all() and (boxes[:, 1::2] <= height).all()
+        flips.append(not torch.allclose(boxes, unflipped))
+    assert 0 < sum(flips) < len(flips), "a 0.5 flip should both flip and keep over 24 seeds"
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 # --------------------------------------------------------------------------- transforms
+
+
+RESIZE_CASES = [
+    ((30, 40), 60, 100),
+    ((480, 640), 800, 1333),
+    ((100, 400), 800, 1333),  # the long side binds: scale = 1333 / 400
+    ((600, 1000), 800, 1333),  # floor(600 * 1.333) = 799
+]
+
+
+@pytest.mark.parametrize(("hw", "min_size", "max_size"), RESIZE_CASES)
+def test_floor_rounding_is_torchvisions_detection_resize(hw: tuple[int, int], min_size: int, max_size: int) -> None:
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+    h, w = hw
+    assert fit_scale(h, w, min_size, max_size) == min(min_size / min(hw), max_size / max(hw))
+    image = torch.rand(3, h, w)
+    boxes = torch.tensor([[1.0, 2.0, 11.0, 7.0], [0.0, 0.0, w, h]])
+    out, target = ScaleToFit(min_size, max_size, "floor")(
+        tv_tensors.Image(image), {"boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=hw)}
+    )
+    ref = GeneralizedRCNNTransform(min_size, max_size, [0.0] * 3, [1.0] * 3).eval()
+    ref_image, ref_target = ref.resize(image, {"boxes": boxes.clone()})
+    assert tuple(out.shape) == tuple(ref_image.shape) and fit_size(h, w, min_size, max_size, "floor") == out.shape[-2:]
+    assert torch.equal(out.as_subclass(torch.Tensor), ref_image)
+    assert torch.allclose(target["boxes"].as_subclass(torch.Tensor), ref_target["boxes"])
+    assert target["boxes"].canvas_size == tuple(ref_image.shape[-2:])
 
 
 @pytest.mark.parametrize(
     ("hw", "min_size", "max_size", "expected"),
-    [
+    [  # mmcv rescale_size: (int(w * s + 0.5), int(h * s + 0.5)), s = min(800 / short, 1333 / long)
         ((30, 40), 60, 100, (60, 80)),
-        ((480, 640), 800, 1333, (800, 1066)),
-        ((100, 400), 800, 1333, (333, 1333)),  # the long side binds: scale = 1333 / 400
+        ((480, 640), 800, 1333, (800, 1067)),  # 640 * 5 / 3 = 1066.67
+        ((375, 500), 800, 1333, (800, 1067)),  # 500 * 32 / 15 = 1066.67
+        ((100, 400), 800, 1333, (333, 1333)),  # 100 * 3.3325 = 333.25
+        ((600, 1000), 800, 1333, (800, 1333)),  # 600 * 1.333 = 799.8
     ],
 )
-def test_resize_rule(hw: tuple[int, int], min_size: int, max_size: int, expected: tuple[int, int]) -> None:
-    from torchvision.models.detection.transform import GeneralizedRCNNTransform
-
-    h, w = hw
-    assert resize_scale(h, w, min_size, max_size) == min(min_size / min(hw), max_size / max(hw))
-    image = torch.rand(3, h, w)
-    boxes = torch.tensor([[1.0, 2.0, 11.0, 7.0], [0.0, 0.0, w, h]])
-    out, target = Resize(min_size, max_size)(image, {"boxes": boxes, "size": torch.tensor([h, w])})
-    assert tuple(out.shape[-2:]) == expected and target["size"].tolist() == list(expected)
-    sx, sy = expected[1] / w, expected[0] / h
-    assert torch.allclose(target["boxes"], boxes * torch.tensor([sx, sy, sx, sy]))
-
-    # Exactly what torchvision's detection transform would do.
-    ref = GeneralizedRCNNTransform(min_size, max_size, [0.0] * 3, [1.0] * 3).eval()
-    ref_image, ref_target = ref.resize(image, {"boxes": boxes.clone()})
-    assert torch.equal(out, ref_image) and torch.equal(target["boxes"], ref_target["boxes"])
+def test_round_rounding_is_mmcvs_rescale_size(
+    hw: tuple[int, int], min_size: int, max_size: int, expected: tuple[int, int]
+) -> None:
+    assert fit_size(*hw, min_size, max_size) == expected
+    boxes = tv_tensors.BoundingBoxes([[1.0, 2.0, 11.0, 7.0]], format="XYXY", canvas_size=hw)
+    out, mask, target_boxes = ScaleToFit(min_size, max_size)(
+        tv_tensors.Image(torch.rand(3, *hw)), tv_tensors.Mask(torch.ones(1, *hw, dtype=torch.uint8)), boxes
+    )
+    assert out.shape[-2:] == expected and mask.shape[-2:] == expected and bool(mask.all())
+    sy, sx = expected[0] / hw[0], expected[1] / hw[1]
+    assert torch.allclose(target_boxes.as_subclass(torch.Tensor), torch.tensor([[sx, 2 * sy, 11 * sx, 7 * sy]]))
 
 
-def test_horizontal_flip() -> None:
-    image = torch.arange(2 * 3 * 40, dtype=torch.float32).reshape(2, 3, 40)
-    boxes = torch.tensor([[1.0, 2.0, 11.0, 7.0], [30.0, 0.0, 40.0, 3.0]])
-    out, target = RandomHorizontalFlip(p=1.0)(image, {"boxes": boxes})
-    assert torch.equal(out, image.flip(-1))
-    assert target["boxes"].tolist() == [[29.0, 2.0, 39.0, 7.0], [0.0, 0.0, 10.0, 3.0]]
-    same, kept = RandomHorizontalFlip(p=0.0)(image, {"boxes": boxes})
-    assert same is image and kept["boxes"] is boxes
-
-    pil = Image.new("RGB", (40, 3))
-    pil.putpixel((0, 0), (255, 0, 0))
-    flipped, _ = RandomHorizontalFlip(p=1.0)(pil, {"boxes": boxes})
-    assert flipped.getpixel((39, 0)) == (255, 0, 0)
-
-    flip = RandomHorizontalFlip(p=0.5)
-    torch.manual_seed(0)
-    first = [flip(image, {"boxes": boxes})[1]["boxes"][0, 0].item() for _ in range(16)]
-    torch.manual_seed(0)
-    assert [flip(image, {"boxes": boxes})[1]["boxes"][0, 0].item() for _ in range(16)] == first
-    assert set(first) == {1.0, 29.0}
+def test_bad_transform_arguments() -> None:
+    with pytest.raises(ValueError, match="rounding"):
+        fit_size(10, 10, 8, 16, "ceil")
+    with pytest.raises(ValueError, match="rounding"):
+        ScaleToFit(8, 16, "ceil")
+    with pytest.raises(ValueError, match="positive"):
+        ScaleToFit(0, 16)
 
 
-def test_to_tensor_and_build_transforms() -> None:
-    gray = Image.new("L", (5, 4), 255)
-    tensor, _ = ToTensor()(gray, {})
-    assert tensor.shape == (3, 4, 5) and tensor.dtype == torch.float32 and torch.all(tensor == 1.0)
+def test_build_transforms_steps_and_flip() -> None:
     names = lambda c: [type(t).__name__ for t in c.transforms]  # noqa: E731
-    assert names(build_transforms(True, min_size=8, max_size=16)) == ["ToTensor", "RandomHorizontalFlip", "Resize"]
-    assert names(build_transforms(False, min_size=8, max_size=16)) == ["ToTensor", "Resize"]
+    tail = ["ScaleToFit", "ClampBoundingBoxes", "RecordSize"]
+    assert names(build_transforms(True, min_size=8, max_size=16)) == ["ToImage", "ToDtype", "RandomHorizontalFlip", *tail]
+    assert names(build_transforms(False, min_size=8, max_size=16)) == ["ToImage", "ToDtype", *tail]
+    assert names(build_transforms(True, min_size=8, max_size=16, flip_prob=0.0)) == ["ToImage", "ToDtype", *tail]
+
+    pil = Image.new("L", (40, 30), 255).convert("RGB")
+    pil.putpixel((0, 0), (255, 0, 0))
+    target = {
+        "boxes": tv_tensors.BoundingBoxes([[1.0, 2.0, 11.0, 7.0], [30.0, 0.0, 40.0, 3.0]], format="XYXY",
+                                          canvas_size=(30, 40)),
+        "labels": torch.tensor([1, 2]),
+        "size": torch.tensor([30, 40]),
+    }
+    flip = build_transforms(True, min_size=30, max_size=40, flip_prob=1.0)  # scale 1: no resize
+    image, out = flip(pil, target)
+    assert isinstance(image, tv_tensors.Image) and image.dtype == torch.float32 and image.shape == (3, 30, 40)
+    assert image[:, 0, 39].tolist() == [1.0, 0.0, 0.0] and float(image.max()) == 1.0
+    assert out["boxes"].tolist() == [[29.0, 2.0, 39.0, 7.0], [0.0, 0.0, 10.0, 3.0]]
+    assert out["labels"] is target["labels"] and out["size"].tolist() == [30, 40]
+
+    image, out = build_transforms(False, min_size=15, max_size=40)(pil, target)
+    assert image.shape == (3, 15, 20) and out["size"].tolist() == [15, 20]
+    assert out["boxes"].tolist() == [[0.5, 1.0, 5.5, 3.5], [15.0, 0.0, 20.0, 1.5]]
 
 
-# --------------------------------------------------------------------------- batching
+# --------------------------------------------------------------------------- registry and batching
 
 
-def test_collate_and_build_loader(synth_root: Path) -> None:
+def test_collate(synth_root: Path) -> None:
     ds = CocoDetection(synth_root, "val", build_transforms(False, min_size=64, max_size=80))
     images, targets = collate([ds[0], ds[1]])
     assert isinstance(images, list) and isinstance(targets, list) and len(images) == len(targets) == 2
-
-    loader = build_loader(ds, batch_size=4, shuffle=True, seed=0)
-    batches = list(loader)
-    assert [len(b[0]) for b in batches] == [4, 2]
-    for images, targets in batches:
-        for image, target in zip(images, targets):
-            assert image.shape[0] == 3 and min(image.shape[-2:]) <= 64 and max(image.shape[-2:]) <= 80
-            assert tuple(image.shape[-2:]) == tuple(target["size"].tolist())
-    order = [t["image_id"] for _, ts in batches for t in ts]
-    again = [t["image_id"] for _, ts in build_loader(ds, batch_size=4, shuffle=True, seed=0) for t in ts]
-    assert order == again and sorted(order) == sorted(ds.ids)
-    other = [t["image_id"] for _, ts in build_loader(ds, batch_size=4, shuffle=True, seed=5) for t in ts]
-    assert other != order
-    fixed = [t["image_id"] for _, ts in build_loader(ds, batch_size=4, shuffle=False) for t in ts]
-    assert fixed == ds.ids
-    assert [len(b[0]) for b in build_loader(ds, batch_size=4, shuffle=False, drop_last=True)] == [4]
+    assert [t["image_id"] for t in targets] == ds.ids[:2]
 
 
-def test_build_loader_distributed(synth_root: Path, tmp_path: Path) -> None:
-    import torch.distributed as dist
-
-    ds = CocoDetection(synth_root, "val")
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
-    try:
-        loader = build_loader(ds, batch_size=2, shuffle=True, seed=0, distributed=True)
-        assert isinstance(loader.sampler, torch.utils.data.DistributedSampler)
-        assert sum(len(images) for images, _ in loader) == len(ds)
-    finally:
-        dist.destroy_process_group()
-
-
-def test_build_detection_datasets(synth_root: Path, handmade: Path) -> None:
-    train, val = build_detection_datasets(
-        "synthetic", synth_root, min_size=64, max_size=80, synthetic={"seed": 0, **SMALL}
-    )
+def test_build_datasets(synth_root: Path, handmade: Path) -> None:
+    train, val = build_datasets("synthetic", synth_root, min_size=64, max_size=80, synthetic={"seed": 0, **SMALL})
     assert len(train) < SMALL["num_train"] and len(val) == SMALL["num_val"]  # empty train images dropped
-    image, target = train[0]
-    assert isinstance(image, torch.Tensor) and image.shape[0] == 3 and len(target["boxes"]) > 0
+    image, target = train[0, 3]
+    assert isinstance(image, tv_tensors.Image) and image.shape[0] == 3 and len(target["boxes"]) > 0
+    assert "masks" not in target and max(image.shape[-2:]) <= 80
 
-    train, val = build_detection_datasets("coco", handmade, min_size=60, max_size=100, filter_empty_train=False)
-    assert len(train) == 3 and val.num_classes == 3
+    train, val = build_datasets("coco", handmade, min_size=60, max_size=100, filter_empty_train=False,
+                                with_masks=True, rounding="floor")
+    assert len(train) == 3 and val.num_classes == 3 and train.with_masks and val.with_masks
+    assert val[1][1]["masks"].shape == (2, 60, 80)
 
-    with pytest.raises(DataError, match=r"data\.kind.*'lvis'.*synthetic, coco"):
-        build_detection_datasets("lvis", handmade, min_size=60, max_size=100)
+
+def test_build_datasets_errors(synth_root: Path, handmade: Path) -> None:
+    with pytest.raises(DataError, match=r"data\.kind.*'lvis'.*synthetic, coco, coco_keypoints, cityscapes"):
+        build_datasets("lvis", handmade, min_size=60, max_size=100)
     with pytest.raises(DataError, match=r"data\.root: not set"):
-        build_detection_datasets("coco", None, min_size=60, max_size=100)
-    with pytest.raises(DataError, match=r"data\.synthetic"):
-        build_detection_datasets("synthetic", synth_root, min_size=64, max_size=80, synthetic={"bogus": 1})
+        build_datasets("coco", None, min_size=60, max_size=100)
+    with pytest.raises(DataError, match=r"data\.synthetic.*bogus"):
+        build_datasets("synthetic", synth_root, min_size=64, max_size=80, synthetic={"bogus": 1})
+    with pytest.raises(DataError, match=r"data\.rounding"):
+        build_datasets("coco", handmade, min_size=60, max_size=100, rounding="ceil")
+    for kind in ("coco_keypoints", "cityscapes"):
+        with pytest.raises(ComponentNotImplemented, match=rf"data\.kind='{kind}' is not implemented yet: \w+"):
+            build_datasets(kind, handmade, min_size=60, max_size=100)
+
+
+def test_registry_entries() -> None:
+    assert data_kinds() == list(DATASETS) == ["synthetic", "coco", "coco_keypoints", "cityscapes"]
+    assert data_kinds(implemented_only=True) == ["synthetic", "coco"]
+    assert not DATASETS["synthetic"].needs_root and DATASETS["coco"].needs_root
+    for name, entry in DATASETS.items():
+        assert entry.name == name and entry.summary
+        assert entry.implemented == (entry.builder is not None) and entry.implemented == (not entry.reason)
+
+
+def test_synthetic_without_root_uses_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DFD_CACHE", str(tmp_path))
+    params = {"seed": 2, **SMALL}
+    train, _ = build_datasets("synthetic", None, min_size=64, max_size=80, synthetic=params)
+    assert train.root == synthetic_cache_root(params) and train.root.parent == tmp_path / "synthetic_coco"
+    assert synthetic_cache_root(params) == synthetic_cache_root({**params, "max_objects": 5})  # defaults filled in
+    assert synthetic_cache_root(params) != synthetic_cache_root({**params, "seed": 3})
+
+
+def test_loader_output_ignores_workers_and_resumes(synth_root: Path) -> None:
+    from torch.utils.data import DataLoader
+
+    from dfd.data import EpochBatchSampler
+
+    ds = CocoDetection(synth_root, "train", build_transforms(True, min_size=48, max_size=64))
+    groups = ds.aspect_groups()
+
+    def run(workers: int, start: int = 0) -> list[tuple[int, torch.Tensor]]:
+        sampler = EpochBatchSampler(len(ds), 2, seed=3, epoch=1, start=start, groups=groups)
+        loader = DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=workers)
+        return [(t["image_id"], t["boxes"]) for _, targets in loader for t in targets]
+
+    torch.manual_seed(0)
+    serial = run(0)
+    torch.manual_seed(99)  # the global RNG plays no part
+    parallel = run(2)
+    assert [i for i, _ in serial] == [i for i, _ in parallel]
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(serial, parallel))
+    tail = run(0, start=2)
+    assert [i for i, _ in tail] == [i for i, _ in serial[4:]]
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(tail, serial[4:]))
 
 
 def test_data_package_is_self_contained() -> None:

@@ -9,10 +9,15 @@ from torch import nn
 
 from dfd.distill import (
     DFDLoss,
+    DistillContext,
     FeatureDistillation,
     FeatureMSELoss,
+    PKDParams,
+    Threshold,
     channel_attention,
     disparity_map,
+    parse_threshold,
+    pkd_loss,
     region_mask,
     spatial_attention,
     threshold_value,
@@ -198,7 +203,7 @@ def test_feature_distillation_sums_levels_and_names_terms() -> None:
                              {"p3": (4, 4), "p4": (4, 4)})
     fs = {"p3": torch.randn(2, 4, 6, 6), "p4": torch.randn(2, 4, 3, 3)}
     ft = {"p3": torch.randn(2, 4, 6, 6), "p4": torch.randn(2, 4, 3, 3)}
-    out = fd(fs, ft)
+    out = fd(DistillContext(fs, ft))
     assert set(out) == {"dfd/hd", "dfd/ld", "mse/mse"}
     per_level = sum(FeatureMSELoss(4, 4, 1.0)(fs[k], ft[k])["mse"] for k in fs)
     assert out["mse/mse"].item() == pytest.approx(per_level.item(), rel=1e-5)
@@ -208,3 +213,32 @@ def test_feature_distillation_sums_levels_and_names_terms() -> None:
 def test_unknown_method_rejected() -> None:
     with pytest.raises(ValueError, match="unknown distillation method 'kd'"):
         FeatureDistillation({"kd": {}}, {"p3": (4, 4)})
+
+
+def test_each_method_distils_its_own_levels_and_gets_only_what_it_declares() -> None:
+    fd = FeatureDistillation({"pkd": PKDParams(weight=1.0, levels=["p3"]), "fgd": {"levels": ["p4"]}},
+                             {"p3": (4, 4), "p4": (4, 4)})
+    assert fd.levels == ["p3", "p4"] and fd.inputs == {"boxes", "image_sizes"}
+    assert list(fd.losses["pkd"]) == ["p3"] and list(fd.losses["fgd"]) == ["p4"]
+    fs = {"p3": torch.randn(2, 4, 6, 6), "p4": torch.randn(2, 4, 3, 3)}
+    ft = {k: torch.randn_like(v) for k, v in fs.items()}
+    with pytest.raises(ValueError, match="'fgd' needs 'boxes'"):
+        fd(DistillContext(fs, ft))
+    boxes = [torch.tensor([[0.0, 0.0, 8.0, 8.0]]), torch.zeros(0, 4)]
+    out = fd(DistillContext(fs, ft, boxes=boxes, image_sizes=[(24, 24), (20, 24)]))
+    assert out["pkd/pkd"].item() == pytest.approx(pkd_loss(fs["p3"], ft["p3"]).item(), rel=1e-6)
+    assert set(out) == {"pkd/pkd", "fgd/fg", "fgd/bg", "fgd/attention", "fgd/global"}
+    with pytest.raises(ValueError, match=r"levels \['p5'\]"):
+        FeatureDistillation({"pkd": {"levels": ["p5"]}}, {"p3": (4, 4)})
+
+
+def test_threshold_is_parsed_once_when_the_loss_is_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dfd.distill.threshold as threshold_module
+
+    loss = DFDLoss(4, 4, threshold="quantile:0.6")
+    assert loss.threshold == Threshold("quantile", 0.6)
+    monkeypatch.setattr(threshold_module, "parse_threshold", lambda *_: pytest.fail("parsed again"))
+    loss(torch.randn(2, 4, 5, 5), torch.randn(2, 4, 5, 5))
+    assert parse_threshold(Threshold("fixed", 2)) == Threshold("fixed", 2.0)
+    with pytest.raises(ValueError, match="quantile"):
+        parse_threshold(Threshold("quantile", 1.5))

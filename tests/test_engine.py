@@ -9,40 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO, TINY, compose_config
-from pycocotools.coco import COCO
 
 from dfd.data import DataError
-from dfd.data.sampler import EpochBatchSampler
 from dfd.engine import train as train_mod
 from dfd.engine.checkpoint import atomic_save
 from dfd.engine.config import ConfigError
-from dfd.engine.evaluate import coco_bbox_metrics, to_coco_results
-from dfd.engine.schedule import iteration_plan, lr_factor
 from dfd.engine.train import run_training
 from dfd.models import WeightsError
 
 BBOX = ["bbox/AP", "bbox/AP50", "bbox/AP75", "bbox/APs", "bbox/APm", "bbox/APl"]
-
-
-def test_lr_schedule_by_hand() -> None:
-    kw = dict(warmup_iters=10, warmup_ratio=0.001, milestones=[20, 30], gamma=0.1)
-    assert lr_factor(0, **kw) == pytest.approx(0.001)
-    assert lr_factor(5, **kw) == pytest.approx(0.001 + 0.999 * 0.5)
-    assert lr_factor(10, **kw) == 1.0
-    assert lr_factor(20, **kw) == pytest.approx(0.1)
-    assert lr_factor(35, **kw) == pytest.approx(0.01)
-    assert iteration_plan(12, [8, 11], 100, None) == (1200, [800, 1100])
-    assert iteration_plan(12, [8, 11], 100, 50) == (50, [800, 1100])
-
-
-def test_sampler_resumes_mid_epoch_and_shards() -> None:
-    full = list(EpochBatchSampler(20, 3, seed=1, epoch=2))
-    assert len(full) == 6 and len({i for b in full for i in b}) == 18
-    assert list(EpochBatchSampler(20, 3, seed=1, epoch=2, start=4)) == full[4:]
-    assert full != list(EpochBatchSampler(20, 3, seed=1, epoch=3))
-    a = {i for b in EpochBatchSampler(20, 2, seed=0, epoch=0, rank=0, world_size=2) for i in b}
-    b = {i for b in EpochBatchSampler(20, 2, seed=0, epoch=0, rank=1, world_size=2) for i in b}
-    assert not a & b and len(a) == len(b) == 10
 
 
 def test_atomic_save_keeps_old_file_on_failure(tmp_path: Path) -> None:
@@ -57,29 +32,6 @@ def test_atomic_save_keeps_old_file_on_failure(tmp_path: Path) -> None:
         atomic_save({"a": Boom()}, path)
     assert torch.load(path) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["ck.pth"]
-
-
-def _tiny_coco(tmp_path: Path) -> COCO:
-    gt = {
-        "images": [{"id": 7, "width": 200, "height": 100, "file_name": "a.jpg"}],
-        "annotations": [{"id": 1, "image_id": 7, "category_id": 3, "bbox": [10, 20, 40, 30], "area": 1200, "iscrowd": 0}],
-        "categories": [{"id": 3, "name": "square"}],
-    }
-    path = tmp_path / "gt.json"
-    path.write_text(json.dumps(gt))
-    return COCO(str(path))
-
-
-def test_results_map_back_to_original_pixels_and_score(tmp_path: Path) -> None:
-    # the model saw the image at half size (50 x 100); the box is the ground truth there
-    out = [{"boxes": torch.tensor([[5.0, 10.0, 25.0, 25.0]]), "scores": torch.tensor([0.9]), "labels": torch.tensor([1])}]
-    tgt = [{"size": torch.tensor([50, 100]), "orig_size": torch.tensor([100, 200]), "image_id": torch.tensor(7)}]
-    res = to_coco_results(out, tgt, {1: 3})
-    assert res == [{"image_id": 7, "category_id": 3, "bbox": [10.0, 20.0, 40.0, 30.0], "score": 0.9}]
-    metrics, _ = coco_bbox_metrics(_tiny_coco(tmp_path), res, [7])
-    assert metrics["bbox/AP"] == pytest.approx(100.0) and metrics["bbox/APm"] == pytest.approx(100.0)
-    assert metrics["bbox/APs"] is None  # no small ground truth: undefined, not 0
-    assert coco_bbox_metrics(_tiny_coco(tmp_path), [], [7])[0]["bbox/AP"] == 0.0
 
 
 @pytest.mark.slow
@@ -122,19 +74,19 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path: Path, data_cache:
     run_training(compose_config(overrides), straight)
 
     resumed = tmp_path / "resumed"
-    real = train_mod.lr_factor
+    real = train_mod.step
 
-    def crash_at_3(iteration: int, **kw):
+    def crash_at_3(run, model, images, targets, iteration):
         if iteration == 3:
             raise KeyboardInterrupt("simulated crash")
-        return real(iteration, **kw)
+        return real(run, model, images, targets, iteration)
 
-    monkeypatch.setattr(train_mod, "lr_factor", crash_at_3)
+    monkeypatch.setattr(train_mod, "step", crash_at_3)
     with pytest.raises(KeyboardInterrupt):
         run_training(compose_config(overrides), resumed)
     assert torch.load(resumed / "checkpoints" / "last.pth", weights_only=True)["iteration"] == 2
     assert not (resumed / "metrics.json").exists()
-    monkeypatch.setattr(train_mod, "lr_factor", real)
+    monkeypatch.setattr(train_mod, "step", real)
     record = run_training(compose_config(overrides), resumed)
     assert record["timings"]["iterations_this_process"] == 2
     a = torch.load(straight / "checkpoints" / "last.pth", weights_only=True)["model"]
@@ -178,7 +130,7 @@ def test_wandb_offline_logging(tmp_path: Path, teacher_checkpoint: Path, data_ca
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
     history = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
-    assert {"loss/classification", "distill/dfd/hd", "distill/dfd/ld", "lr"} <= set(history[0])
+    assert {"loss/classification", "distill/dfd/hd", "distill/dfd/ld", "lr/decay"} <= set(history[0])
     assert "bbox/AP" in history[-1]
     assert (tmp_path / "wandb_id.txt").read_text().strip() in runs[0].name
 
@@ -206,3 +158,45 @@ def test_each_method_trains_in_the_loop(method: str, tmp_path: Path, teacher_che
     record = run_training(cfg, tmp_path)
     for m in method.split("+"):
         assert any(k.startswith(f"distill/{m}/") for k in record["losses"]), record["losses"]
+
+
+@pytest.mark.slow
+def test_evaluate_reproduces_the_metrics_a_run_wrote(tmp_path: Path, teacher_checkpoint: Path, data_cache: Path) -> None:
+    """scripts/evaluate.py on a teacher's checkpoint gives the metrics.json that run wrote; an existing one is kept."""
+    out = tmp_path / "eval"
+    cmd = [sys.executable, str(REPO / "scripts" / "evaluate.py"), f"checkpoint={teacher_checkpoint}", f"hydra.run.dir={out}",
+           "trainer.progress=false"]
+    env = {**__import__("os").environ, "DFD_CACHE": str(data_cache)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((out / "metrics.json").read_text())
+    written = json.loads((teacher_checkpoint.parents[1] / "metrics.json").read_text())
+    assert record["metrics"] == written["metrics"] and set(BBOX) <= set(record["metrics"])
+    assert record["experiment"]["role"] == "teacher" and record["kind"] == "evaluation"
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode != 0 and "exists; evaluate into another directory" in again.stderr
+
+
+@pytest.mark.slow
+def test_ema_weights_are_kept_evaluated_and_reproduced(tmp_path: Path, data_cache: Path) -> None:
+    from dfd.engine.config import TrainerConfig
+    from dfd.engine.evaluate import evaluate_checkpoint
+
+    cfg = compose_config([*TINY, "distill=none", "schedule.ema_decay=0.5", "schedule.ema_ramp=null", "schedule.policy=cosine"])
+    record = run_training(cfg, tmp_path / "run")
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.pth", weights_only=True)
+    assert ckpt["ema"] and int(ckpt["ema"]["n_averaged"]) == 4  # the initial copy and three updates
+    raw, ema = ckpt["model"], {k[len("module."):]: v for k, v in ckpt["ema"].items() if k.startswith("module.")}
+    assert set(ema) == set(raw) and any(not torch.equal(raw[k], ema[k]) for k in raw if raw[k].is_floating_point())
+    again = evaluate_checkpoint(tmp_path / "run" / "checkpoints" / "last.pth", tmp_path / "eval",
+                                trainer=TrainerConfig(progress=False))
+    assert again["metrics"] == record["metrics"]
+
+
+def test_the_objective_is_a_config_value() -> None:
+    from dfd.engine.config import load_config
+    from dfd.engine.train import objective
+
+    record = {"metrics": {"bbox/AP": 12.5, "bbox/AP50": 30.0}}
+    assert objective(load_config(compose_config(["distill=none"])), record) == 12.5
+    assert objective(load_config(compose_config(["distill=none", "trainer.objective=bbox/AP50"])), record) == 30.0

@@ -1,39 +1,84 @@
-"""Teacher and student builders, weights, taps and the Distiller."""
+"""Model families through the family interface, weights, and the Distiller."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import CONF, compose_config
 
 from dfd.distill import FeatureDistillation
+from dfd.engine.config import load_config
 from dfd.engine.distiller import Distiller, probe_channels
 from dfd.models import (
     BACKBONES,
+    FAMILIES,
     ComponentNotImplemented,
-    FeatureTaps,
+    Family,
+    InputSpec,
     WeightsError,
-    build_detector,
-    build_retinanet,
+    build_model,
+    get_family,
     inherit_matching,
     load_weights,
+    prepare_batch,
 )
+from dfd.models.retinanet import RetinaNetOptions, build_retinanet
 
-SMALL = dict(fpn_channels=16, norm="bn", trainable_layers=5, min_size=64, max_size=96, anchor_sizes=(16, 32, 64, 128, 256))
+SMALL = dict(fpn_channels=16, norm="bn", trainable_layers=5, anchor_sizes=[16, 32, 64, 128, 256])
 LEVELS = ["p3", "p4", "p5", "p6", "p7"]
 
 
-def _batch(n: int = 2):
-    images = [torch.rand(3, 64, 80) for _ in range(n)]
-    targets = [{"boxes": torch.tensor([[4.0, 6.0, 40.0, 50.0]]), "labels": torch.tensor([1])} for _ in range(n)]
+def _retinanet(backbone: str = "resnet18", **kw) -> torch.nn.Module:
+    return build_retinanet(RetinaNetOptions(backbone=backbone, **{**SMALL, **kw}), 3)
+
+
+def _data(n: int = 2):
+    images = [torch.rand(3, 64, 80), torch.rand(3, 72, 60)][:n]
+    targets = [{"boxes": torch.tensor([[4.0, 6.0, 40.0, 50.0]]), "labels": torch.tensor([1]), "image_id": i} for i in range(n)]
     return images, targets
+
+
+def _implemented_options(role: str) -> list[str]:
+    """The conf/<role>/ options whose family is registered: every family gets the contract tests below."""
+    names = []
+    for path in sorted((CONF / role).glob("*.yaml")):
+        text = path.read_text()
+        if any(f"/family/{name}@_here_" in text for name in FAMILIES):
+            names.append(path.stem)
+    return names
+
+
+@pytest.mark.parametrize("option", _implemented_options("student"))
+def test_every_family_keeps_the_contract(option: str) -> None:
+    cfg = load_config(compose_config(["scale=smoke", f"student={option}", "distill=none"]))
+    family = get_family(cfg.student.family)
+    torch.manual_seed(0)
+    model = build_model(cfg.student, 3, "student")
+    images, targets = _data()
+    batch = model.prepare(images, targets, "cpu")
+    assert batch.image_sizes == [(64, 80), (72, 60)]
+    assert batch.images.shape[-2] % model.input_spec.size_divisible == 0
+    model.train()
+    out = model.train_step(batch)
+    loss = sum(out.losses.values())
+    assert torch.isfinite(loss) and loss.requires_grad
+    assert set(family.levels) <= set(out.maps)
+    loss.backward()
+    model.eval()
+    with torch.no_grad():
+        maps = model.distill_maps(batch, list(family.default_levels))
+        preds = model.predict(batch)
+    assert list(maps) == list(family.default_levels)
+    assert all(maps[k].shape == out.maps[k].shape for k in maps)
+    assert len(preds) == 2 and all({"boxes", "scores", "labels"} <= set(p) for p in preds)
 
 
 @pytest.mark.parametrize("name", list(BACKBONES))
 def test_every_backbone_gives_p3_to_p7_with_p6_from_c5(name: str) -> None:
-    model = build_retinanet(name, 3, **SMALL)
-    c5 = BACKBONES[name].channels[-1]
-    assert model.backbone.fpn.extra_blocks.p6.in_channels == c5
+    model = _retinanet(name)
+    assert model.backbone.fpn.extra_blocks.p6.in_channels == BACKBONES[name].channels[-1]
     feats = model.backbone(torch.zeros(1, 3, 128, 128))
     assert list(feats) == LEVELS
     assert [f.shape[-1] for f in feats.values()] == [16, 8, 4, 2, 1]  # strides 8..128
@@ -41,49 +86,73 @@ def test_every_backbone_gives_p3_to_p7_with_p6_from_c5(name: str) -> None:
 
 
 def test_p6_from_p5_option_and_frozen_stages() -> None:
-    model = build_retinanet("resnet18", 3, fpn_channels=16, p6_from="p5", trainable_layers=3)
+    model = build_retinanet(RetinaNetOptions(backbone="resnet18", fpn_channels=16, p6_from="p5", trainable_layers=3), 3)
     assert model.backbone.fpn.extra_blocks.p6.in_channels == 16
     body = model.backbone.body
     assert not any(p.requires_grad for p in body.layer1.parameters()) and not body.conv1.weight.requires_grad
     assert all(p.requires_grad for p in body.layer2.parameters() if p.dim() > 1)
 
 
-def test_unknown_detector_is_not_implemented() -> None:
-    with pytest.raises(ComponentNotImplemented, match="student.detector='faster_rcnn' is not implemented"):
-        build_detector("faster_rcnn", "resnet50", 3, key="student")
+def test_unknown_family_is_not_implemented() -> None:
+    with pytest.raises(ComponentNotImplemented, match="student.family='yolov6' is not implemented"):
+        get_family("yolov6", "student")
 
 
-def test_taps_record_levels_and_batched_input() -> None:
-    model = build_retinanet("resnet18", 3, **SMALL).train()
-    taps = FeatureTaps(model, ["p3", "p5"])
-    images, targets = _batch()
-    model(images, targets)
-    assert list(taps.features) == ["p3", "p5"]
-    assert taps.images.tensors.shape[0] == 2 and taps.features["p3"].shape[-2:] == (taps.images.tensors.shape[-2] // 8, taps.images.tensors.shape[-1] // 8)
+def test_a_family_declares_itself_consistently() -> None:
+    with pytest.raises(ValueError, match="default levels"):
+        Family("x", RetinaNetOptions, build_retinanet, "detection", levels=("p3",), default_levels=("p9",))
+    with pytest.raises(ValueError, match="options' `family` default is 'retinanet'"):
+        Family("x", RetinaNetOptions, build_retinanet, "detection", levels=("p3",), default_levels=("p3",))
+
+
+def test_prepare_batch_normalises_then_pads_with_zero() -> None:
+    spec = InputSpec(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), size_divisible=32)
+    batch = prepare_batch([torch.ones(3, 10, 20)], [{"boxes": torch.zeros(0, 4), "image_id": 7}], spec, "cpu")
+    assert batch.images.shape == (1, 3, 32, 32) and batch.image_sizes == [(10, 20)]
+    assert torch.all(batch.images[0, :, :10, :20] == 2.0) and torch.all(batch.images[0, :, 10:, :] == 0)
+    assert set(batch.targets[0]) == {"boxes"} and batch.meta[0]["image_id"] == 7
+    assert spec.serves(dataclasses.replace(spec, size_divisible=8)) and not spec.serves(dataclasses.replace(spec, size_divisible=64))
 
 
 def test_distiller_gradients_reach_student_and_modules_never_teacher() -> None:
     torch.manual_seed(0)
-    student = build_retinanet("resnet18", 3, **SMALL)
-    teacher = build_retinanet("resnet34", 3, **{**SMALL, "fpn_channels": 24})  # different widths: alignment
-    losses = FeatureDistillation({"dfd": {"alpha": 1e-2, "beta": 1e-2}}, probe_channels(student, teacher, LEVELS))
-    distiller = Distiller(student, teacher, losses, LEVELS).train()
+    student = _retinanet("resnet18")
+    teacher = _retinanet("resnet34", fpn_channels=24)  # different widths: alignment
+    losses = FeatureDistillation({"dfd": {"alpha": 1e-2, "beta": 1e-2}, "fgd": {}}, probe_channels(student, teacher, LEVELS, "cpu"))
+    distiller = Distiller(student, teacher, losses).train()
     assert not distiller.teacher.training and all(not p.requires_grad for p in teacher.parameters())
-    out = distiller(*_batch())
-    assert {"classification", "bbox_regression", "distill/dfd/hd", "distill/dfd/ld"} <= set(out)
+    out = distiller(distiller.prepare(*_data(), "cpu"))
+    assert {"classification", "bbox_regression", "distill/dfd/hd", "distill/dfd/ld", "distill/fgd/fg"} <= set(out)
     sum(out.values()).backward()
     assert all(p.grad is None for p in teacher.parameters())
     assert student.backbone.fpn.layer_blocks[0][0].weight.grad.abs().sum() > 0
     level = losses.losses["dfd"]["p3"]
     assert level.align.weight.grad is not None and all(p.grad is not None for p in level.transform.parameters())
-    trainable = {id(p) for p in distiller.trainable_parameters()}
+    trainable = {id(p) for m in distiller.trainable_modules() for p in m.parameters()}
     assert {id(p) for p in level.parameters()} <= trainable
     assert not trainable & {id(p) for p in teacher.parameters()}
 
 
+def test_fgd_gets_each_images_unpadded_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    student, teacher = _retinanet(), _retinanet()
+    losses = FeatureDistillation({"fgd": {"levels": ["p3"]}}, probe_channels(student, teacher, ["p3"], "cpu"))
+    seen = {}
+    fgd = losses.losses["fgd"]["p3"]
+    original = fgd.forward
+    monkeypatch.setattr(fgd, "forward", lambda s, t, **kw: seen.update(kw) or original(s, t, **kw))
+    Distiller(student, teacher, losses).train()(student.prepare(*_data(), "cpu"))
+    assert seen["image_sizes"] == [(64, 80), (72, 60)] and len(seen["boxes"]) == 2
+
+
+def test_teacher_must_accept_the_students_batches() -> None:
+    student, teacher = _retinanet(), _retinanet()
+    teacher.input_spec = InputSpec(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    with pytest.raises(ValueError, match="cannot share a batch"):
+        Distiller(student, teacher, FeatureDistillation({"mse": {}}, {"p3": (16, 16)}))
+
+
 def test_checkpoint_weights_round_trip(tmp_path: Path) -> None:
-    a = build_retinanet("resnet18", 3, **SMALL)
-    b = build_retinanet("resnet18", 3, **SMALL)
+    a, b = _retinanet(), _retinanet()
     path = tmp_path / "w.pth"
     torch.save({"model": a.state_dict()}, path)
     load_weights(b, str(path), "student.weights")
@@ -91,7 +160,7 @@ def test_checkpoint_weights_round_trip(tmp_path: Path) -> None:
 
 
 def test_weights_errors_name_key_and_file(tmp_path: Path) -> None:
-    model = build_retinanet("resnet18", 3, **SMALL)
+    model = _retinanet()
     with pytest.raises(WeightsError, match="teacher.weights: file '.*missing.pth' does not exist"):
         load_weights(model, str(tmp_path / "missing.pth"), "teacher.weights")
     bad = tmp_path / "corrupt.pth"
@@ -99,7 +168,7 @@ def test_weights_errors_name_key_and_file(tmp_path: Path) -> None:
     with pytest.raises(WeightsError, match="teacher.weights: '.*corrupt.pth' is not a readable PyTorch checkpoint"):
         load_weights(model, str(bad), "teacher.weights")
     other = tmp_path / "other.pth"
-    torch.save({"model": build_retinanet("resnet34", 3, **SMALL).state_dict()}, other)
+    torch.save({"model": _retinanet("resnet34").state_dict()}, other)
     with pytest.raises(WeightsError, match="do not fit the model: .*unexpected"):
         load_weights(model, str(other), "teacher.weights")
     with pytest.raises(WeightsError, match="teacher.weights='NoSuch_Weights.X' is neither a file nor a torchvision weights name"):
@@ -107,10 +176,10 @@ def test_weights_errors_name_key_and_file(tmp_path: Path) -> None:
 
 
 def test_inherit_copies_only_matching_neck_and_head() -> None:
-    teacher = build_retinanet("resnet34", 3, **SMALL)
-    student = build_retinanet("resnet18", 3, **SMALL)
-    copied = inherit_matching(student, teacher.state_dict(), ("backbone.fpn.", "head."))
-    assert copied and all(k.startswith(("backbone.fpn.", "head.")) for k in copied)
+    teacher, student = _retinanet("resnet34"), _retinanet("resnet18")
+    prefixes = get_family("retinanet").inherit_prefixes
+    copied = inherit_matching(student, teacher.state_dict(), prefixes)
+    assert copied and all(k.startswith(prefixes) for k in copied)
     assert torch.equal(student.head.classification_head.cls_logits.weight, teacher.head.classification_head.cls_logits.weight)
     # resnet18 and resnet34 share widths, so the whole neck matches; the trunk is never touched
     assert not torch.equal(student.backbone.body.conv1.weight, teacher.backbone.body.conv1.weight)

@@ -13,8 +13,9 @@ import yaml
 from conftest import REPO, TINY
 
 from dfd.engine.config import compose_config
-from dfd.engine.sweep import NOT_IMPLEMENTED_FILE, plan_table, rows_command
+from dfd.engine.sweep import plan_table, rows_command
 from dfd.results import load_spec
+from dfd.rundir import NOT_IMPLEMENTED_FILE
 
 
 def _compose(overrides):
@@ -26,7 +27,7 @@ def _env(cache: Path) -> dict[str, str]:
 
 
 def test_plan_separates_runnable_from_not_implemented(tmp_path: Path) -> None:
-    plan = plan_table(load_spec(2), scale_dir=tmp_path, seeds=[0], base=["scale=smoke"], compose=_compose)
+    plan = plan_table(load_spec(2), runs_root=tmp_path, scale="smoke", seeds=[0], base=["scale=smoke"], compose=_compose)
     runnable = [r for rows in plan.to_run.values() for r in rows]
     assert sorted(runnable) == sorted(["retinanet_student", "retinanet_fgd", "retinanet_mgd", "retinanet_pkd", "retinanet_ours"])
     assert plan.to_run[None] == ["retinanet_student"]  # no teacher needed
@@ -36,15 +37,16 @@ def test_plan_separates_runnable_from_not_implemented(tmp_path: Path) -> None:
 
 
 def test_one_teacher_is_shared_by_tables(tmp_path: Path) -> None:
-    names = {t for n in (1, 4, 5) for t in plan_table(load_spec(n), scale_dir=tmp_path, seeds=[0], base=["scale=smoke"], compose=_compose).teachers}
+    names = {t for n in (1, 4, 5) for t in plan_table(load_spec(n), runs_root=tmp_path, scale="smoke", seeds=[0], base=["scale=smoke"], compose=_compose).teachers}
     assert len(names) == 1
 
 
 def test_rows_command_is_one_multirun_over_rows_and_seeds(tmp_path: Path) -> None:
-    plan = plan_table(load_spec(5), scale_dir=tmp_path, seeds=[0, 1], base=["scale=smoke"], compose=_compose)
+    plan = plan_table(load_spec(5), runs_root=tmp_path, scale="smoke", seeds=[0, 1], base=["scale=smoke"], compose=_compose)
     (teacher,) = plan.to_run
     cmd = rows_command(plan, teacher, [0, 1], ["scale=smoke"], "submitit_local")
-    assert cmd[2] == "-m" and "hydra/launcher=submitit_local" in cmd and "seed=0,1" in cmd
+    assert cmd[1:4] == ["-m", "dfd.cli.train", "-m"] and "hydra/launcher=submitit_local" in cmd and "seed=0,1" in cmd
+    assert "hydra.sweep.subdir=${experiment.row}/seed${seed}" in cmd
     rows = next(c for c in cmd if c.startswith("+row=")).split("=", 1)[1].split(",")
     assert rows == [f"table5_{r.id}" for r in load_spec(5).rows]
     assert any(c.startswith("teacher.checkpoint=") and c.endswith("checkpoints/last.pth") for c in cmd)
@@ -119,3 +121,25 @@ def test_submitit_local_launcher_runs_the_sweep(tmp_path: Path, data_cache: Path
         record = json.loads((sweep / f"seed{seed}" / "metrics.json").read_text())
         assert record["experiment"]["seed"] == seed and record["status"] == "finished"
     assert (sweep / ".submitit").is_dir()
+
+
+def test_teacher_and_student_overrides_reach_every_run(tmp_path: Path) -> None:
+    """reproduce.py teacher.backbone=... is an override of the runs (teachers included), not a checkpoint path."""
+    from dfd.cli.reproduce import parse
+
+    ckpt = tmp_path / "t.pth"
+    ckpt.write_bytes(b"x")
+    own, teachers, forward = parse(["table=5", "teacher.backbone=resnet50", "student.fpn_channels=32",
+                                    f"teachers.retinanet_x101_64x4d={ckpt}"])
+    assert forward == ["teacher.backbone=resnet50", "student.fpn_channels=32"]
+    assert teachers == {"retinanet_x101_64x4d": str(ckpt)}
+    base = ["scale=smoke", *forward]
+    plan = plan_table(load_spec(5), runs_root=tmp_path, scale="smoke", seeds=[0], base=base, compose=_compose)
+    (teacher,) = plan.teachers.values()
+    assert "teacher.backbone=resnet50" in teacher.overrides
+    default = plan_table(load_spec(5), runs_root=tmp_path, scale="smoke", seeds=[0], base=["scale=smoke"], compose=_compose)
+    assert set(default.teachers).isdisjoint(plan.teachers)  # another teacher, another directory
+    cmd = rows_command(plan, next(iter(plan.to_run)), [0], base, "basic")
+    assert "teacher.backbone=resnet50" in cmd and "student.fpn_channels=32" in cmd
+    with pytest.raises(SystemExit, match="teachers.x="):
+        parse(["table=5", f"teachers.x={tmp_path / 'missing.pth'}"])

@@ -1,26 +1,31 @@
-"""Datasets (COCO layout, real or synthetic), detection transforms and loaders."""
+"""Datasets (COCO layout, real or synthetic), detection transforms, the dataset registry and batching."""
 from __future__ import annotations
 
 from .coco import CocoDetection, DataError
-from .loader import DATASET_KINDS, build_detection_datasets, build_loader, collate
+from .registry import DATASETS, DatasetEntry, build_datasets, data_kinds, dataset_entry, synthetic_cache_root
+from .sampler import EpochBatchSampler, collate
 from .synthetic import CATEGORIES as SYNTHETIC_CATEGORIES
 from .synthetic import ensure_synthetic_coco, generate_synthetic_coco
-from .transforms import Compose, RandomHorizontalFlip, Resize, ToTensor, build_transforms, resize_scale
+from .transforms import ROUNDINGS, RecordSize, ScaleToFit, build_transforms, fit_scale, fit_size
 
 __all__ = [
-    "DATASET_KINDS",
+    "DATASETS",
+    "ROUNDINGS",
     "SYNTHETIC_CATEGORIES",
     "CocoDetection",
-    "Compose",
     "DataError",
-    "RandomHorizontalFlip",
-    "Resize",
-    "ToTensor",
-    "build_detection_datasets",
-    "build_loader",
+    "DatasetEntry",
+    "EpochBatchSampler",
+    "RecordSize",
+    "ScaleToFit",
+    "build_datasets",
     "build_transforms",
     "collate",
+    "data_kinds",
+    "dataset_entry",
     "ensure_synthetic_coco",
+    "fit_scale",
+    "fit_size",
     "generate_synthetic_coco",
-    "resize_scale",
+    "synthetic_cache_root",
 ]

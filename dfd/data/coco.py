@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import operator
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,7 @@ import torch
 from PIL import Image
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
+from torchvision import tv_tensors
 
 REQUIRED_KEYS = ("images", "annotations", "categories")
 
@@ -97,15 +99,19 @@ def _check_image_files(images: list[dict[str, Any]], image_dir: Path, ann_file: 
         )
 
 
-def _valid_boxes(
-    anns: list[dict[str, Any]], width: float | None, height: float | None, category_to_label: dict[int, int]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Non-crowd boxes as xyxy, clipped to the image, degenerate ones dropped."""
+def _valid_annotations(
+    anns: list[dict[str, Any]], width: float | None, height: float | None
+) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """Non-crowd annotations with a usable box, and those boxes as xyxy clipped to the image.
+
+    Crowd regions are left to COCOeval (never trained on, as in mmdetection's CocoDataset and
+    torchvision's detection references); boxes that are empty after clipping are dropped.
+    """
+    kept: list[dict[str, Any]] = []
     boxes: list[list[float]] = []
-    labels: list[int] = []
     for ann in anns:
         if ann.get("iscrowd", 0):
-            continue  # crowd regions are handled by COCOeval, never trained on
+            continue
         bbox = ann["bbox"]
         if len(bbox) != 4:
             continue
@@ -117,12 +123,18 @@ def _valid_boxes(
             y2 = min(y2, float(height))
         if x2 <= x1 or y2 <= y1:
             continue
+        kept.append(ann)
         boxes.append([x1, y1, x2, y2])
-        labels.append(category_to_label[ann["category_id"]])
-    return (
-        np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
-        np.asarray(labels, dtype=np.int64).reshape(-1),
-    )
+    return kept, np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+
+
+def _parse_item(item: Any) -> tuple[int, int | None]:
+    """``index`` or ``(index, sample_seed)`` (what :class:`~dfd.data.EpochBatchSampler` yields)."""
+    if isinstance(item, (tuple, list)):
+        if len(item) != 2:
+            raise TypeError(f"expected an index or an (index, sample_seed) pair, got {item!r}")
+        return operator.index(item[0]), operator.index(item[1])
+    return operator.index(item), None
 
 
 class CocoDetection(Dataset):
@@ -132,9 +144,17 @@ class CocoDetection(Dataset):
     ``label_to_category[label]`` gives the COCO category id back and ``category_names[label - 1]``
     its name. ``coco`` is the pycocotools index (ground truth for COCOeval).
 
-    Items are ``(image, target)``; target holds ``boxes`` (float32 [K, 4], xyxy pixels),
-    ``labels`` (int64 [K]), ``image_id`` (int), ``orig_size`` and ``size`` (int64 [2], (h, w)
-    of the file and of the returned image). Crowd annotations and degenerate boxes are left out.
+    ``ds[index]`` or ``ds[index, sample_seed]`` is ``(image, target)``. Without ``transforms``
+    the image is the file as an RGB PIL image; with :func:`~dfd.data.build_transforms` it is a
+    ``tv_tensors.Image`` float32 [3, h, w] in [0, 1]. ``target`` holds ``boxes``
+    (``tv_tensors.BoundingBoxes`` XYXY float32 [K, 4], pixels), ``labels`` (int64 [K]),
+    ``masks`` (``tv_tensors.Mask`` uint8 [K, h, w], only with ``with_masks``), ``image_id``
+    (int), ``orig_size`` and ``size`` (int64 [2], (h, w) of the file and of the returned image).
+    Crowd annotations and degenerate boxes are left out.
+
+    Given a ``sample_seed`` the transforms draw their randomness from a CPU generator seeded
+    with it inside ``torch.random.fork_rng``, so an item is a pure function of (index, seed)
+    and the global RNG is left as it was. A bare index draws from the global RNG.
     """
 
     def __init__(
@@ -144,6 +164,7 @@ class CocoDetection(Dataset):
         transforms: Transforms | None = None,
         *,
         filter_empty: bool = False,
+        with_masks: bool = False,
         year: str = "2017",
     ) -> None:
         if root is None or str(root) == "":
@@ -151,25 +172,14 @@ class CocoDetection(Dataset):
         self.root = Path(root)
         self.split = split
         self.transforms = transforms
-        if not self.root.is_dir():
-            raise DataError(f"data.root: directory {self.root} does not exist")
-        self.ann_file = self.root / "annotations" / f"instances_{split}{year}.json"
-        self.image_dir = self.root / f"{split}{year}"
-        if not self.ann_file.is_file():
-            raise DataError(
-                f"annotation file {self.ann_file} does not exist (expected the COCO layout "
-                f"<data.root>/annotations/instances_{split}{year}.json)"
-            )
-        if not self.image_dir.is_dir():
-            raise DataError(f"image directory {self.image_dir} does not exist (split {split!r})")
-
+        self.with_masks = bool(with_masks)
+        self.ann_file, self.image_dir = self._locate(split, year)
         data = _load_json(self.ann_file)
         _check_entries(data, self.ann_file)
         _check_image_files(data["images"], self.image_dir, self.ann_file)
         # Older pycocotools' loadRes copies these keys unconditionally.
         data.setdefault("info", {})
         data.setdefault("licenses", [])
-
         self.coco = COCO()
         self.coco.dataset = data
         with contextlib.redirect_stdout(io.StringIO()):
@@ -183,45 +193,116 @@ class CocoDetection(Dataset):
 
         ids = sorted(self.coco.imgs)
         if filter_empty:
-            ids = [i for i in ids if len(self._boxes_from_json(i)[1]) > 0]
+            ids = [i for i in ids if len(self._annotations(i)[0]) > 0]
         self.ids: list[int] = ids
 
-    def _boxes_from_json(self, image_id: int) -> tuple[np.ndarray, np.ndarray]:
+    def _locate(self, split: str, year: str) -> tuple[Path, Path]:
+        """The annotation file and image directory of ``split``; DataError naming what is missing."""
+        if not self.root.is_dir():
+            raise DataError(f"data.root: directory {self.root} does not exist")
+        ann_file = self.root / "annotations" / f"instances_{split}{year}.json"
+        image_dir = self.root / f"{split}{year}"
+        if not ann_file.is_file():
+            raise DataError(
+                f"annotation file {ann_file} does not exist (expected the COCO layout "
+                f"<data.root>/annotations/instances_{split}{year}.json)"
+            )
+        if not image_dir.is_dir():
+            raise DataError(f"image directory {image_dir} does not exist (split {split!r})")
+        return ann_file, image_dir
+
+    def _annotations(
+        self, image_id: int, width: float | None = None, height: float | None = None
+    ) -> tuple[list[dict[str, Any]], np.ndarray]:
+        """Usable annotations of an image and their boxes, clipped to (width, height) or the JSON's size."""
         info = self.coco.imgs[image_id]
-        return _valid_boxes(
-            self.coco.imgToAnns.get(image_id, []), info.get("width"), info.get("height"), self.category_to_label
-        )
+        if width is None or height is None:
+            width, height = info.get("width"), info.get("height")
+        return _valid_annotations(self.coco.imgToAnns.get(image_id, []), width, height)
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, index: int) -> tuple[Any, dict[str, Any]]:
+    def aspect_groups(self) -> list[int]:
+        """Per index, 1 when the image is wider than tall (width / height > 1), else 0.
+
+        mmdetection's ``CustomDataset._set_group_flag`` rule (the groups of its GroupSampler and
+        DistributedGroupSampler); read from the JSON's ``width`` / ``height``, no image is opened.
+        """
+        groups: list[int] = []
+        for image_id in self.ids:
+            info = self.coco.imgs[image_id]
+            width, height = info.get("width"), info.get("height")
+            if not isinstance(width, (int, float)) or not isinstance(height, (int, float)) or height <= 0:
+                raise DataError(
+                    f"annotation file {self.ann_file}: image id {image_id} ({info['file_name']}) needs positive "
+                    f"'width' and 'height' to group batches by aspect ratio (data.group_by_aspect)"
+                )
+            groups.append(1 if width / height > 1 else 0)
+        return groups
+
+    def _masks(self, anns: list[dict[str, Any]], image_id: int, height: int, width: int) -> tv_tensors.Mask:
+        """One uint8 [h, w] mask per annotation, decoded by pycocotools ``annToMask`` (polygons or RLE)."""
+        masks = []
+        for ann in anns:
+            try:
+                mask = self.coco.annToMask(ann)
+            except (KeyError, TypeError, ValueError, IndexError) as e:
+                raise DataError(
+                    f"annotation file {self.ann_file}: annotation id {ann['id']} (image id {image_id}) has no "
+                    f"decodable 'segmentation' (needed for masks): {e!r}"
+                ) from e
+            if mask.shape != (height, width):
+                raise DataError(
+                    f"annotation file {self.ann_file}: annotation id {ann['id']} decodes to a {mask.shape[0]}x"
+                    f"{mask.shape[1]} mask but image id {image_id} is {height}x{width} on disk"
+                )
+            masks.append(mask)
+        stacked = np.stack(masks) if masks else np.zeros((0, height, width), dtype=np.uint8)
+        return tv_tensors.Mask(torch.from_numpy(stacked.astype(np.uint8, copy=False)))
+
+    def load(self, index: int) -> tuple[Image.Image, dict[str, Any]]:
+        """The untransformed item ``index``: the RGB PIL image and its target (tv_tensors)."""
         image_id = self.ids[index]
         path = self.image_dir / self.coco.imgs[image_id]["file_name"]
         try:
             with Image.open(path) as f:
-                image = f.convert("RGB")
+                image = f.convert("RGB")  # grayscale and palette files become 3-channel
         except OSError as e:
             raise DataError(f"cannot read image {path}: {e}") from e
         width, height = image.size
-        boxes, labels = _valid_boxes(
-            self.coco.imgToAnns.get(image_id, []), width, height, self.category_to_label
-        )
+        anns, boxes = self._annotations(image_id, width, height)
+        labels = [self.category_to_label[ann["category_id"]] for ann in anns]
         size = torch.tensor([height, width], dtype=torch.int64)
         target: dict[str, Any] = {
-            "boxes": torch.from_numpy(boxes),
-            "labels": torch.from_numpy(labels),
+            "boxes": tv_tensors.BoundingBoxes(
+                torch.from_numpy(boxes), format=tv_tensors.BoundingBoxFormat.XYXY, canvas_size=(height, width)
+            ),
+            "labels": torch.tensor(labels, dtype=torch.int64).reshape(-1),
             "image_id": int(image_id),
             "orig_size": size,
             "size": size.clone(),
         }
-        if self.transforms is not None:
+        if self.with_masks:
+            target["masks"] = self._masks(anns, image_id, height, width)
+        return image, target
+
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[Any, dict[str, Any]]:
+        index, sample_seed = _parse_item(item)
+        image, target = self.load(index)
+        if self.transforms is None:
+            return image, target
+        if sample_seed is None:
             image, target = self.transforms(image, target)
-            # Keep ``size`` truthful even for transforms that do not maintain it.
-            if isinstance(image, torch.Tensor):
-                target["size"] = torch.tensor(image.shape[-2:], dtype=torch.int64)
-            elif isinstance(image, Image.Image):
-                target["size"] = torch.tensor([image.height, image.width], dtype=torch.int64)
+        else:
+            # Only the CPU generator is forked and reseeded: torch.manual_seed would also reseed
+            # (and leave changed) the CUDA generators, which fork_rng(devices=[]) does not restore.
+            with torch.random.fork_rng(devices=[]):
+                torch.default_generator.manual_seed(sample_seed)
+                image, target = self.transforms(image, target)
+        # Keep ``size`` truthful even for transforms that do not maintain it.
+        if isinstance(image, torch.Tensor):
+            target["size"] = torch.tensor(image.shape[-2:], dtype=torch.int64)
         return image, target
 
     def __repr__(self) -> str:

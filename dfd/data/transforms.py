@@ -1,119 +1,108 @@
-"""Detection transforms on ``(image, target)`` pairs; boxes are xyxy pixels in ``target["boxes"]``."""
+"""Detection transforms on ``(image, target)`` pairs, built on ``torchvision.transforms.v2``.
+
+Boxes travel as ``tv_tensors.BoundingBoxes`` and instance masks as ``tv_tensors.Mask`` inside
+``target``, so every geometric step moves them with the image. Labels, ids and sizes are plain
+tensors / ints and pass through untouched.
+"""
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from PIL import Image
-from torchvision.transforms import functional as TF
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
 Target = dict[str, Any]
 
-
-class Compose:
-    """Apply transforms in order."""
-
-    def __init__(self, transforms: Sequence[Callable[[Any, Target], tuple[Any, Target]]]) -> None:
-        self.transforms = list(transforms)
-
-    def __call__(self, image: Any, target: Target) -> tuple[Any, Target]:
-        for t in self.transforms:
-            image, target = t(image, target)
-        return image, target
-
-    def __repr__(self) -> str:
-        return f"Compose({self.transforms!r})"
+#: Output-size rules of :class:`ScaleToFit`: ``round`` is mmcv's ``rescale_size`` (the paper's
+#: mmdetection toolchain), ``floor`` is torchvision's ``GeneralizedRCNNTransform``.
+ROUNDINGS = ("round", "floor")
 
 
-class ToTensor:
-    """PIL image (any mode) -> float32 tensor [3, H, W] in [0, 1]."""
+def fit_scale(height: int, width: int, min_size: int, max_size: int) -> float:
+    """The keep-ratio factor ``min(min_size / short side, max_size / long side)``.
 
-    def __call__(self, image: Any, target: Target) -> tuple[torch.Tensor, Target]:
-        if isinstance(image, Image.Image):
-            if image.mode != "RGB":
-                image = image.convert("RGB")
-            image = TF.pil_to_tensor(image)
-        if not isinstance(image, torch.Tensor):
-            raise TypeError(f"ToTensor expects a PIL image or a tensor, got {type(image).__name__}")
-        if image.dtype == torch.uint8:
-            image = image.to(torch.float32).div_(255.0)
-        return image, target
-
-    def __repr__(self) -> str:
-        return "ToTensor()"
-
-
-def resize_scale(height: int, width: int, min_size: int, max_size: int) -> float:
-    """torchvision GeneralizedRCNNTransform's factor: min(min_size / short side, max_size / long side).
-
-    Python (double) arithmetic, as torchvision's eager path uses, so output sizes agree exactly.
+    The rule of mmdetection's ``Resize(img_scale=(max_size, min_size), keep_ratio=True)`` and of
+    torchvision's ``GeneralizedRCNNTransform(min_size, max_size)``; Python (double) arithmetic,
+    as both compute it.
     """
+    if min(height, width) <= 0:
+        raise ValueError(f"cannot scale an empty image of size {height}x{width}")
     return min(min_size / min(height, width), max_size / max(height, width))
 
 
-class Resize:
-    """Resize a [C, H, W] tensor with GeneralizedRCNNTransform's rule (bilinear); scale boxes; set ``size``."""
+def fit_size(height: int, width: int, min_size: int, max_size: int, rounding: str = "round") -> tuple[int, int]:
+    """``(new_h, new_w)`` of an image scaled by :func:`fit_scale`.
 
-    def __init__(self, min_size: int, max_size: int) -> None:
+    ``rounding="round"``: ``int(side * s + 0.5)`` per side, mmcv's ``rescale_size`` (mmdetection).
+    ``rounding="floor"``: ``floor(side * s)``, what ``F.interpolate(scale_factor=s,
+    recompute_scale_factor=True)`` gives inside torchvision's ``GeneralizedRCNNTransform``.
+    """
+    scale = fit_scale(height, width, min_size, max_size)
+    if rounding == "round":
+        return int(height * scale + 0.5), int(width * scale + 0.5)
+    if rounding == "floor":
+        return math.floor(height * scale), math.floor(width * scale)
+    raise ValueError(f"rounding must be one of {', '.join(ROUNDINGS)}, got {rounding!r}")
+
+
+class ScaleToFit(v2.Transform):
+    """Keep-ratio resize to fit ``min_size`` x ``max_size`` (see :func:`fit_size`).
+
+    Images are resized bilinearly without antialiasing (what mmcv's cv2 ``INTER_LINEAR`` and
+    torchvision's detection transform do); ``BoundingBoxes`` are scaled per axis and ``Mask``
+    tensors resized with nearest neighbour by torchvision's kernels.
+    """
+
+    def __init__(self, min_size: int, max_size: int, rounding: str = "round") -> None:
+        super().__init__()
         if min_size <= 0 or max_size <= 0:
-            raise ValueError(f"Resize needs positive sizes, got min_size={min_size}, max_size={max_size}")
+            raise ValueError(f"ScaleToFit needs positive sizes, got min_size={min_size}, max_size={max_size}")
+        if rounding not in ROUNDINGS:
+            raise ValueError(f"rounding must be one of {', '.join(ROUNDINGS)}, got {rounding!r}")
         self.min_size = int(min_size)
         self.max_size = int(max_size)
+        self.rounding = rounding
 
-    def __call__(self, image: torch.Tensor, target: Target) -> tuple[torch.Tensor, Target]:
-        if not isinstance(image, torch.Tensor):
-            raise TypeError("Resize expects a tensor image; put ToTensor before it")
-        h, w = int(image.shape[-2]), int(image.shape[-1])
-        scale = resize_scale(h, w, self.min_size, self.max_size)
-        # Same call as torchvision's _resize_image_and_masks: output = floor(input * scale).
-        image = F.interpolate(
-            image[None], size=None, scale_factor=scale, mode="bilinear", recompute_scale_factor=True, align_corners=False
-        )[0]
-        new_h, new_w = image.shape[-2:]
-        target = dict(target)
-        if "boxes" in target:
-            # Per-axis ratios of the actual sizes, as torchvision's resize_boxes does.
-            ratio_w = torch.tensor(new_w, dtype=torch.float32) / torch.tensor(w, dtype=torch.float32)
-            ratio_h = torch.tensor(new_h, dtype=torch.float32) / torch.tensor(h, dtype=torch.float32)
-            target["boxes"] = target["boxes"] * torch.stack([ratio_w, ratio_h, ratio_w, ratio_h])
-        target["size"] = torch.tensor([new_h, new_w], dtype=torch.int64)
-        return image, target
+    # make_params / transform are the public v2 hooks of torchvision >= 0.21 (0.26 and 0.29 alike).
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        height, width = v2.query_size(flat_inputs)
+        return {"size": list(fit_size(height, width, self.min_size, self.max_size, self.rounding))}
 
-    def __repr__(self) -> str:
-        return f"Resize(min_size={self.min_size}, max_size={self.max_size})"
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return self._call_kernel(
+            F.resize, inpt, params["size"], interpolation=v2.InterpolationMode.BILINEAR, antialias=False
+        )
 
 
-class RandomHorizontalFlip:
-    """Mirror image and boxes with probability ``p`` (draws from torch's global RNG)."""
-
-    def __init__(self, p: float = 0.5) -> None:
-        self.p = float(p)
+class RecordSize:
+    """Set ``target["size"]`` to the (h, w) of the transformed image (int64 [2])."""
 
     def __call__(self, image: Any, target: Target) -> tuple[Any, Target]:
-        if torch.rand(1).item() >= self.p:
-            return image, target
-        if isinstance(image, Image.Image):
-            width = image.width
-            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        else:
-            width = image.shape[-1]
-            image = image.flip(-1)
+        height, width = F.get_size(image)
         target = dict(target)
-        if "boxes" in target:
-            boxes = target["boxes"]
-            target["boxes"] = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
+        target["size"] = torch.tensor([height, width], dtype=torch.int64)
         return image, target
 
     def __repr__(self) -> str:
-        return f"RandomHorizontalFlip(p={self.p})"
+        return "RecordSize()"
 
 
-def build_transforms(train: bool, *, min_size: int, max_size: int, flip_prob: float = 0.5) -> Compose:
-    """ToTensor, a random horizontal flip (training only), then Resize."""
-    steps: list[Callable[[Any, Target], tuple[Any, Target]]] = [ToTensor()]
+def build_transforms(
+    train: bool, *, min_size: int, max_size: int, flip_prob: float = 0.5, rounding: str = "round"
+) -> v2.Compose:
+    """The detection pipeline, called as ``pipeline(pil_image, target)``.
+
+    ToImage, ToDtype(float32, scale=True) (values in [0, 1]), RandomHorizontalFlip(flip_prob)
+    (training only, when ``flip_prob > 0``), ScaleToFit, ClampBoundingBoxes (boxes stay inside
+    the canvas), RecordSize. mmdetection's train pipeline flips after resizing; the two commute.
+    The flip draws from torch's global RNG: seed it per sample (``CocoDetection`` does, given a
+    ``(index, sample_seed)`` pair).
+    """
+    steps: list[Any] = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
     if train and flip_prob > 0:
-        steps.append(RandomHorizontalFlip(flip_prob))
-    steps.append(Resize(min_size, max_size))
-    return Compose(steps)
+        steps.append(v2.RandomHorizontalFlip(p=flip_prob))
+    steps += [ScaleToFit(min_size, max_size, rounding), v2.ClampBoundingBoxes(), RecordSize()]
+    return v2.Compose(steps)
+

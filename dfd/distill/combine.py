@@ -1,15 +1,17 @@
-"""Several distillation methods over several feature levels, as one module.
+"""Several distillation methods over several maps, as one module.
 
 A combination such as "mgd+dfd" is the sum of each method's (already weighted)
 terms; every term keeps its own name, ``"<method>/<term>"``, summed over levels.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor, nn
 
+from .context import DistillContext, MethodParams
 from .cwd import CWDLoss
 from .dfd import DFDLoss
 from .fgd import FGDLoss
@@ -17,6 +19,8 @@ from .mgd import MGDLoss
 from .mse import FeatureMSELoss
 from .pkd import PKDLoss
 
+# Every method: its per-level loss class; ``cls.Params`` is its parameter dataclass and
+# ``cls.inputs`` the context fields it needs besides the two maps.
 METHODS: dict[str, type[nn.Module]] = {
     "dfd": DFDLoss,
     "mse": FeatureMSELoss,
@@ -37,48 +41,54 @@ def build_loss(method: str, student_channels: int, teacher_channels: int, **para
         raise ValueError(f"bad parameters for method {method!r}: {err}") from err
 
 
+def _keywords(params: MethodParams | Mapping[str, Any]) -> dict[str, Any]:
+    if dataclasses.is_dataclass(params):
+        return {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
+    return dict(params)
+
+
 class FeatureDistillation(nn.Module):
     """Per-level losses of one or more methods.
 
     Args:
-        methods: ``{method: keyword parameters}``, e.g. ``{"dfd": {"hd": "tf"}, "mgd": {}}``.
-        channels: ``{level: (student_channels, teacher_channels)}`` for each distilled level.
+        methods: ``{method: parameters}``, each a ``<Loss>.Params`` dataclass or a dict of the
+            loss's keywords, e.g. ``{"dfd": {"hd": "tf"}, "mgd": {}}``. A ``levels`` entry picks the
+            maps that method distils (default: every level of ``channels``).
+        channels: ``{level: (student_channels, teacher_channels)}`` for every distilled map.
 
-    ``forward(feats_s, feats_t, boxes=None, image_sizes=None)`` takes dicts of
-    [N, C, H, W] maps keyed by level and returns ``{"<method>/<term>": loss}``.
+    ``forward(ctx)`` takes a :class:`DistillContext` and returns ``{"<method>/<term>": loss}``.
+    :attr:`inputs` names the context fields the losses need besides the maps.
     """
 
-    def __init__(self, methods: Mapping[str, Mapping[str, Any]], channels: Mapping[str, tuple[int, int]]) -> None:
+    def __init__(self, methods: Mapping[str, MethodParams | Mapping[str, Any]], channels: Mapping[str, tuple[int, int]]) -> None:
         super().__init__()
         if not channels:
             raise ValueError("no feature levels to distill")
-        self.levels = list(channels)
-        self.losses = nn.ModuleDict(
-            {
-                method: nn.ModuleDict({lvl: build_loss(method, cs, ct, **dict(params)) for lvl, (cs, ct) in channels.items()})
-                for method, params in methods.items()
-            }
-        )
+        self.losses = nn.ModuleDict()
+        for method, params in methods.items():
+            kw = _keywords(params)
+            levels = kw.pop("levels", None) or list(channels)
+            unknown = [lvl for lvl in levels if lvl not in channels]
+            if unknown:
+                raise ValueError(f"distillation method {method!r}: levels {unknown} have no channels (known: {list(channels)})")
+            self.losses[method] = nn.ModuleDict({lvl: build_loss(method, *channels[lvl], **kw) for lvl in levels})
 
     @property
-    def needs_boxes(self) -> bool:
-        return any(getattr(m, "needs_boxes", False) for per_level in self.losses.values() for m in per_level.values())
+    def levels(self) -> list[str]:
+        """Every map some method distils, in first-use order."""
+        return list(dict.fromkeys(lvl for per_level in self.losses.values() for lvl in per_level))
 
-    def forward(
-        self,
-        feats_s: Mapping[str, Tensor],
-        feats_t: Mapping[str, Tensor],
-        boxes: list[Tensor] | None = None,
-        image_sizes: list[tuple[int, int]] | None = None,
-    ) -> dict[str, Tensor]:
+    @property
+    def inputs(self) -> frozenset[str]:
+        """The context fields (besides the maps) some loss needs."""
+        return frozenset(name for method in self.losses for name in METHODS[method].inputs)
+
+    def forward(self, ctx: DistillContext) -> dict[str, Tensor]:
         terms: dict[str, Tensor] = {}
         for method, per_level in self.losses.items():
+            extra = ctx.inputs_for(METHODS[method].inputs, method)
             for level, loss in per_level.items():
-                if getattr(loss, "needs_boxes", False):
-                    out = loss(feats_s[level], feats_t[level], boxes=boxes, image_sizes=image_sizes)
-                else:
-                    out = loss(feats_s[level], feats_t[level])
-                for name, value in out.items():
+                for name, value in loss(ctx.student[level], ctx.teacher[level], **extra).items():
                     key = f"{method}/{name}"
                     terms[key] = terms[key] + value if key in terms else value
         return terms

@@ -8,10 +8,13 @@ is KL(teacher‖student)·τ² summed over all channels and images, divided by N
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
 from .checks import check_weight
+from .context import MethodParams
 from .transform import build_align
 
 
@@ -38,6 +41,12 @@ def cwd_loss(logits_s: Tensor, logits_t: Tensor, tau: float = 1.0) -> Tensor:
     return kl * (tau**2) / (n * c)
 
 
+@dataclass
+class CWDParams(MethodParams):
+    tau: float = 1.0
+    weight: float = 5.0
+
+
 class CWDLoss(nn.Module):
     """CWD for one map: ``{"cwd": weight · cwd_loss(align(y^S), y^T, tau)}``.
 
@@ -49,9 +58,11 @@ class CWDLoss(nn.Module):
         weight: loss weight (5 for that setting; mmrazor's CWD configs).
     """
 
-    needs_boxes = False
+    Params = CWDParams
+    inputs: tuple[str, ...] = ()
 
-    def __init__(self, student_channels: int, teacher_channels: int, tau: float = 1.0, weight: float = 5.0) -> None:
+    def __init__(self, student_channels: int, teacher_channels: int, tau: float = CWDParams.tau,
+                 weight: float = CWDParams.weight) -> None:
         super().__init__()
         if tau <= 0:
             raise ValueError(f"tau must be > 0, got {tau}")
@@ -59,13 +70,6 @@ class CWDLoss(nn.Module):
         self.weight = check_weight(weight, "weight")
         self.align = build_align(student_channels, teacher_channels)
 
-    def forward(
-        self,
-        feat_s: Tensor,
-        feat_t: Tensor,
-        *,
-        boxes: list[Tensor] | None = None,
-        image_sizes: list[tuple[int, int]] | None = None,
-    ) -> dict[str, Tensor]:
-        """Weighted CWD term; ``boxes`` and ``image_sizes`` are ignored."""
+    def forward(self, feat_s: Tensor, feat_t: Tensor) -> dict[str, Tensor]:
+        """Weighted CWD term (student and teacher maps: features or logits)."""
         return {"cwd": self.weight * cwd_loss(self.align(feat_s), feat_t, self.tau)}

@@ -1,14 +1,17 @@
 """DFD: distilling the feature disparity differently (the paper's loss for one feature level)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
 from .checks import check_weight
 from .constraint import check_constraint, masked_squared_error
+from .context import MethodParams
 from .disparity import disparity_map
 from .region import region_mask
-from .threshold import ThresholdSpec, parse_threshold
+from .threshold import Threshold, ThresholdSpec, parse_threshold
 from .transform import build_align, build_transform
 
 # Defaults for the region weights; the paper gives no values. See docs/choices.md:
@@ -17,6 +20,30 @@ from .transform import build_align, build_transform
 DEFAULT_ALPHA = 2e-5
 DEFAULT_BETA = 1e-5
 
+
+@dataclass
+class RegionParams:
+    """Constraint and weight of each disparity region (the ``region`` config group).
+
+    hd, ld: "mse", "tf", "tf+mse" or "none" (Table 5); alpha, beta: the weights of L_HD and L_LD.
+    """
+
+    hd: str = "tf"
+    ld: str = "mse"
+    alpha: float = DEFAULT_ALPHA
+    beta: float = DEFAULT_BETA
+
+
+@dataclass
+class DFDParams(MethodParams):
+    """DFD's own options (``distill.dfd``); its regions and threshold are :class:`RegionParams` and
+    :class:`~dfd.distill.threshold.Threshold`.
+
+    temperature: T in A(F) (the paper's A(F) has none: T = 1); transform: the structure of f_trans.
+    """
+
+    temperature: float = 1.0
+    transform: str = "generation"
 
 
 class DFDLoss(nn.Module):
@@ -42,27 +69,27 @@ class DFDLoss(nn.Module):
         hd_fraction: fraction of positions in R_HD at the last call (for logging).
     """
 
-    needs_boxes = False
+    Params = DFDParams
+    inputs: tuple[str, ...] = ()
 
     def __init__(
         self,
         student_channels: int,
         teacher_channels: int,
-        hd: str = "tf",
-        ld: str = "mse",
+        hd: str = RegionParams.hd,
+        ld: str = RegionParams.ld,
         alpha: float = DEFAULT_ALPHA,
         beta: float = DEFAULT_BETA,
         threshold: ThresholdSpec = "mean",
-        temperature: float = 1.0,
-        transform: str = "generation",
+        temperature: float = DFDParams.temperature,
+        transform: str = DFDParams.transform,
     ) -> None:
         super().__init__()
         self.hd = check_constraint(hd, "hd")
         self.ld = check_constraint(ld, "ld")
         self.alpha = check_weight(alpha, "alpha")
         self.beta = check_weight(beta, "beta")
-        parse_threshold(threshold)
-        self.threshold = threshold
+        self.threshold: Threshold = parse_threshold(threshold)  # parsed once, here
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)
@@ -83,7 +110,7 @@ class DFDLoss(nn.Module):
         """Return ``{"hd": α·L_HD, "ld": β·L_LD}`` for student/teacher maps [N, C, H, W]."""
         feat_t = feat_t.detach()
         with torch.no_grad():
-            d = disparity_map(feat_s.detach(), feat_t, self.temperature)
+            d = disparity_map(feat_s.detach().float(), feat_t.float(), self.temperature)  # selection in fp32
             mask = region_mask(d, self.threshold)
             self.hd_fraction = mask.float().mean()
         aligned = self.align(feat_s)

@@ -14,12 +14,15 @@ parameters of the distiller.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
 from .attention import channel_attention, spatial_attention
 from .checks import check_weight
+from .context import MethodParams
 from .transform import build_align
 
 # ---------------------------------------------------------------------------
@@ -329,6 +332,15 @@ def fgd_global_loss(relation_s: Tensor, relation_t: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------
 
 
+@dataclass
+class FGDParams(MethodParams):
+    temperature: float = 0.5
+    alpha_fgd: float = 1e-3
+    beta_fgd: float = 5e-4
+    gamma_fgd: float = 5e-4
+    lambda_fgd: float = 5e-6
+
+
 class FGDLoss(nn.Module):
     """FGD for one feature level.
 
@@ -349,17 +361,18 @@ class FGDLoss(nn.Module):
             (:class:`FGDGlobalContext`, separate parameters as in FGD).
     """
 
-    needs_boxes = True
+    Params = FGDParams
+    inputs: tuple[str, ...] = ("boxes", "image_sizes")
 
     def __init__(
         self,
         student_channels: int,
         teacher_channels: int,
-        temperature: float = 0.5,
-        alpha_fgd: float = 1e-3,
-        beta_fgd: float = 5e-4,
-        gamma_fgd: float = 5e-4,
-        lambda_fgd: float = 5e-6,
+        temperature: float = FGDParams.temperature,
+        alpha_fgd: float = FGDParams.alpha_fgd,
+        beta_fgd: float = FGDParams.beta_fgd,
+        gamma_fgd: float = FGDParams.gamma_fgd,
+        lambda_fgd: float = FGDParams.lambda_fgd,
     ) -> None:
         super().__init__()
         if temperature <= 0:

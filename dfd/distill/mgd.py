@@ -11,10 +11,13 @@ C·H·W and all images, divided by N, times α = 2e-5.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
 from .checks import check_weight
+from .context import MethodParams
 from .transform import build_align, build_transform
 
 
@@ -59,6 +62,12 @@ def mgd_loss(generated: Tensor, feat_t: Tensor) -> Tensor:
     return (generated - feat_t.detach()).pow(2).sum() / generated.shape[0]
 
 
+@dataclass
+class MGDParams(MethodParams):
+    alpha: float = 2e-5
+    lambda_mgd: float = 0.65
+
+
 class MGDLoss(nn.Module):
     """MGD for one feature level: ``{"mgd": alpha · mgd_loss(G(align(F^S)·M), F^T)}``.
 
@@ -73,14 +82,15 @@ class MGDLoss(nn.Module):
     with PyTorch's default initialisation, as in MGD's code.
     """
 
-    needs_boxes = False
+    Params = MGDParams
+    inputs: tuple[str, ...] = ()
 
     def __init__(
         self,
         student_channels: int,
         teacher_channels: int,
-        alpha: float = 2e-5,
-        lambda_mgd: float = 0.65,
+        alpha: float = MGDParams.alpha,
+        lambda_mgd: float = MGDParams.lambda_mgd,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
@@ -92,15 +102,8 @@ class MGDLoss(nn.Module):
         self.align = build_align(student_channels, teacher_channels)
         self.generation = build_transform("generation", teacher_channels)
 
-    def forward(
-        self,
-        feat_s: Tensor,
-        feat_t: Tensor,
-        *,
-        boxes: list[Tensor] | None = None,
-        image_sizes: list[tuple[int, int]] | None = None,
-    ) -> dict[str, Tensor]:
-        """Weighted MGD term; ``boxes`` and ``image_sizes`` are ignored."""
+    def forward(self, feat_s: Tensor, feat_t: Tensor) -> dict[str, Tensor]:
+        """Weighted MGD term."""
         if feat_s.dim() != 4 or feat_t.dim() != 4 or feat_s.shape[-2:] != feat_t.shape[-2:]:
             raise ValueError(
                 f"student and teacher maps must share N, H, W: {tuple(feat_s.shape)} vs {tuple(feat_t.shape)}"

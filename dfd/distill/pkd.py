@@ -11,9 +11,12 @@ FPN levels of one input do).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import Tensor, nn
 
 from .checks import check_weight
+from .context import MethodParams
 from .transform import build_align
 
 PKD_EPS = 1e-6
@@ -60,6 +63,11 @@ def pkd_loss(feat_s: Tensor, feat_t: Tensor) -> Tensor:
     return diff.pow(2).mean() / 2
 
 
+@dataclass
+class PKDParams(MethodParams):
+    weight: float = 10.0
+
+
 class PKDLoss(nn.Module):
     """PKD for one feature level: ``{"pkd": weight · pkd_loss(align(F^S), F^T)}``.
 
@@ -71,20 +79,14 @@ class PKDLoss(nn.Module):
             and 6 for Faster R-CNN R101→R50.
     """
 
-    needs_boxes = False
+    Params = PKDParams
+    inputs: tuple[str, ...] = ()
 
-    def __init__(self, student_channels: int, teacher_channels: int, weight: float = 10.0) -> None:
+    def __init__(self, student_channels: int, teacher_channels: int, weight: float = PKDParams.weight) -> None:
         super().__init__()
         self.weight = check_weight(weight, "weight")
         self.align = build_align(student_channels, teacher_channels)
 
-    def forward(
-        self,
-        feat_s: Tensor,
-        feat_t: Tensor,
-        *,
-        boxes: list[Tensor] | None = None,
-        image_sizes: list[tuple[int, int]] | None = None,
-    ) -> dict[str, Tensor]:
-        """Weighted PKD term; ``boxes`` and ``image_sizes`` are ignored."""
+    def forward(self, feat_s: Tensor, feat_t: Tensor) -> dict[str, Tensor]:
+        """Weighted PKD term."""
         return {"pkd": self.weight * pkd_loss(self.align(feat_s), feat_t)}

@@ -1,34 +1,80 @@
-"""Atomic writes of checkpoints and run files."""
+"""Checkpoints: written atomically, read back for resumption, and loaded as teachers or for evaluation.
+
+A checkpoint (``<run dir>/checkpoints/last.pth``) holds the model's weights (``model``), the EMA's
+(``ema``, when the schedule keeps one: then those are the evaluated weights), the distillation
+modules, optimizer, scheduler, scaler and RNG states, the iteration, whether the run finished, and
+what defines the model: ``family``, ``model_config`` (its options), ``num_classes``,
+``label_to_category``, and the run's whole ``config`` with its digest.
+"""
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
-import tempfile
-from pathlib import Path
+import random
+from collections.abc import Mapping
 from typing import Any
 
 import torch
+from torch import Tensor, nn
 
+from dfd.models import arch_options, build_model, fit_state_dict, read_checkpoint, state_dict_of
+from dfd.rundir import atomic_write
 
-def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from .config import ConfigError
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file next to ``path``, then rename: a crash never leaves half a file."""
-    _atomic(Path(path), lambda f: torch.save(obj, f))
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def atomic_write_json(obj: Any, path: str | os.PathLike) -> None:
-    """Write JSON atomically (indented, UTF-8)."""
-    _atomic(Path(path), lambda f: f.write((json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()))
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def evaluated_state(ckpt: Mapping[str, Any], key: str = "checkpoint", source: str = "") -> dict[str, Tensor]:
+    """The weights a run evaluated: its EMA's when it kept one, else the model's."""
+    ema = ckpt.get("ema")
+    if ema:
+        return {k[len("module."):]: v for k, v in ema.items() if k.startswith("module.")}
+    return state_dict_of(ckpt, key, source)
+
+
+def _check_teacher_checkpoint(ckpt: Mapping[str, Any], options: Any, num_classes: int, path: str) -> None:
+    key = f"teacher.checkpoint={path!r}"
+    saved = ckpt.get("model_config") or {}
+    wanted = {"family": options.family, **arch_options(options)}
+    wrong = [f"teacher.{k}: checkpoint {saved.get(k)!r}, config {v!r}" for k, v in wanted.items() if k in saved and saved[k] != v]
+    if wrong:
+        raise ConfigError(f"{key} was written for another model: " + "; ".join(wrong))
+    if ckpt.get("num_classes") not in (None, num_classes):
+        raise ConfigError(f"{key} has {ckpt['num_classes']} classes, the data {num_classes}")
+    if ckpt.get("finished") is False:
+        raise ConfigError(f"{key} is from an unfinished run (iteration {ckpt.get('iteration')} of "
+                          f"{ckpt.get('total_iters')}); finish it first")
+
+
+def load_teacher(options: Any, num_classes: int) -> nn.Module:
+    """The teacher of a distillation run, with its trained weights (``checkpoint`` or ``weights``)."""
+    model = build_model(options, num_classes, "teacher")
+    if options.checkpoint:
+        ckpt = read_checkpoint(options.checkpoint, "teacher.checkpoint")
+        _check_teacher_checkpoint(ckpt, options, num_classes, options.checkpoint)
+        source = repr(options.checkpoint)
+        fit_state_dict(model, evaluated_state(ckpt, "teacher.checkpoint", source), "teacher.checkpoint", source)
+    return model
+
+
+def options_dict(options: Any) -> dict[str, Any]:
+    return dataclasses.asdict(options)

@@ -1,12 +1,14 @@
-"""Structured configuration: the schema of every Hydra group, and value checks.
+"""Structured configuration: the schema of every Hydra group, value checks, and parsing.
 
 OmegaConf checks types and unknown keys when the groups are composed onto these
-dataclasses; :func:`validate` checks values (choices, ranges, files) and runs before
-any model is built, raising :class:`ConfigError` with the key and the value at fault.
+dataclasses (a model node is typed by its family's options, see ``conf/teacher/*.yaml``);
+:func:`load_config` checks values (choices, ranges, files) once, before any model is built,
+raising :class:`ConfigError` with the key and the value at fault, and returns the config as
+typed objects that the engine uses from then on.
 """
 from __future__ import annotations
 
-import os
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,14 +17,30 @@ from typing import Any, List, Optional
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from dfd.distill import CONSTRAINTS, METHODS, TRANSFORM_STRUCTURES, parse_threshold
-from dfd.models import BACKBONES, DETECTOR_LEVELS, DETECTORS, NORMS, ComponentNotImplemented
+from dfd.data import DATASETS, ROUNDINGS
+from dfd.distill import (
+    CONSTRAINTS,
+    METHODS,
+    TRANSFORM_STRUCTURES,
+    CWDParams,
+    DFDParams,
+    FGDParams,
+    MGDParams,
+    MSEParams,
+    PKDParams,
+    RegionParams,
+    Threshold,
+    parse_threshold,
+)
+from dfd.errors import ComponentNotImplemented
+from dfd.models import FAMILIES, Family, ModelOptions, OptionError, get_family, options_from_dict
 
-DATA_KINDS = ("synthetic", "coco")
-KNOWN_DATA_KINDS = DATA_KINDS + ("coco_keypoints", "cityscapes")
+from .optim import OPTIMIZERS, POLICIES
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 ROLES = ("student", "teacher")
-OPTIMIZERS = ("sgd", "adamw")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 LOGGERS = ("none", "wandb")
 WANDB_MODES = ("offline", "online", "disabled")
@@ -33,89 +51,19 @@ class ConfigError(ValueError):
 
 
 @dataclass
-class ModelConfig:
-    """A detector (teacher or student)."""
-
-    detector: str = "retinanet"
-    backbone: str = "resnet50"
-    backbone_weights: Optional[str] = None  # torchvision weights name, e.g. ResNet50_Weights.IMAGENET1K_V1
-    weights: Optional[str] = None  # whole detector: torchvision weights name or checkpoint file
-    checkpoint: Optional[str] = None  # teacher only: a checkpoint written by a `train=teacher` run
-    fpn_channels: int = 256
-    p6_from: str = "c5"
-    norm: str = "frozen_bn"
-    trainable_layers: int = 3
-    anchor_sizes: List[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])
-    score_thresh: float = 0.05
-    nms_thresh: float = 0.5
-    detections_per_img: int = 100
-    topk_candidates: int = 1000
-
-
-@dataclass
-class DFDMethodConfig:
-    temperature: float = 1.0  # T in A(F); the paper's A(F) has none (T = 1)
-    transform: str = "generation"  # structure of f_trans
-
-
-@dataclass
-class MSEMethodConfig:
-    weight: float = 2e-5
-
-
-@dataclass
-class FGDMethodConfig:
-    temperature: float = 0.5
-    alpha_fgd: float = 1e-3
-    beta_fgd: float = 5e-4
-    gamma_fgd: float = 5e-4
-    lambda_fgd: float = 5e-6
-
-
-@dataclass
-class MGDMethodConfig:
-    alpha: float = 2e-5
-    lambda_mgd: float = 0.65
-
-
-@dataclass
-class PKDMethodConfig:
-    weight: float = 10.0
-
-
-@dataclass
-class CWDMethodConfig:
-    tau: float = 1.0
-    weight: float = 5.0
-
-
-@dataclass
 class DistillConfig:
+    """Which methods distil which maps. Each method's parameters are its loss's ``Params`` dataclass;
+    DFD's region constraints and threshold are the ``region`` and ``threshold`` groups."""
+
     methods: List[str] = field(default_factory=list)  # [] = no distillation; several = their sum
-    levels: List[str] = field(default_factory=lambda: ["p3", "p4", "p5", "p6", "p7"])
+    levels: Optional[List[str]] = None  # None: the student family's default levels
     inherit: bool = False  # initialise the student's neck and head from the teacher where shapes match
-    dfd: DFDMethodConfig = field(default_factory=DFDMethodConfig)
-    mse: MSEMethodConfig = field(default_factory=MSEMethodConfig)
-    fgd: FGDMethodConfig = field(default_factory=FGDMethodConfig)
-    mgd: MGDMethodConfig = field(default_factory=MGDMethodConfig)
-    pkd: PKDMethodConfig = field(default_factory=PKDMethodConfig)
-    cwd: CWDMethodConfig = field(default_factory=CWDMethodConfig)
-
-
-@dataclass
-class RegionConfig:
-    """Constraint and weight of each disparity region (DFD)."""
-
-    hd: str = "tf"
-    ld: str = "mse"
-    alpha: float = 2e-5  # weight of L_HD
-    beta: float = 1e-5  # weight of L_LD
-
-
-@dataclass
-class ThresholdConfig:
-    kind: str = "mean"  # mean | median | quantile | fixed
-    value: Optional[float] = None  # the quantile Q (quantile) or P itself (fixed)
+    dfd: DFDParams = field(default_factory=DFDParams)
+    mse: MSEParams = field(default_factory=MSEParams)
+    fgd: FGDParams = field(default_factory=FGDParams)
+    mgd: MGDParams = field(default_factory=MGDParams)
+    pkd: PKDParams = field(default_factory=PKDParams)
+    cwd: CWDParams = field(default_factory=CWDParams)
 
 
 @dataclass
@@ -130,31 +78,42 @@ class SyntheticConfig:
 
 @dataclass
 class DataConfig:
-    kind: str = "synthetic"
-    root: Optional[str] = None  # synthetic: cache dir (default .cache/synthetic_coco under the repo)
+    kind: str = "synthetic"  # a name of dfd.data.DATASETS
+    root: Optional[str] = None  # synthetic: its cache dir (default $DFD_CACHE/synthetic_coco/<digest>)
     min_size: int = 800
     max_size: int = 1333
+    rounding: str = "round"  # output size of the resize: round (mmcv) | floor (torchvision)
     flip_prob: float = 0.5
     batch_size: int = 2  # per process
     eval_batch_size: int = 2
     num_workers: int = 4
     filter_empty_train: bool = True
+    group_by_aspect: bool = True  # batches of one aspect-ratio group (mmdetection's GroupSampler)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
 @dataclass
 class ScheduleConfig:
-    optimizer: str = "sgd"  # sgd (the paper's setting) | adamw (smoke scale: learns from scratch in minutes)
-    epochs: int = 12
-    steps: List[int] = field(default_factory=lambda: [8, 11])  # epochs after which lr *= gamma
-    teacher_epochs: Optional[int] = None  # train=teacher: epochs (steps scaled alike); None = epochs
+    optimizer: str = "sgd"  # sgd | adamw | adam
     lr: float = 0.01
-    momentum: float = 0.9
+    momentum: float = 0.9  # sgd
+    nesterov: bool = False  # sgd
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])  # adam, adamw
     weight_decay: float = 1e-4
+    no_decay_norm_bias: bool = False  # no weight decay on normalisation layers and biases
+    no_decay_keys: List[str] = field(default_factory=list)  # parameter-name substrings without decay
+    policy: str = "step"  # step | cosine | poly, after a linear warm-up
+    epochs: int = 12
+    steps: List[int] = field(default_factory=lambda: [8, 11])  # step: epochs after which lr *= gamma
     gamma: float = 0.1
+    min_lr_ratio: float = 0.0  # cosine, poly: the floor, as a fraction of lr
+    power: float = 1.0  # poly
+    teacher_epochs: Optional[int] = None  # train=teacher: epochs (steps scaled alike); None = epochs
     warmup_iters: int = 500
     warmup_ratio: float = 0.001
     clip_grad: Optional[float] = 35.0
+    ema_decay: Optional[float] = None  # an EMA of the weights, evaluated in their place; None = off
+    ema_ramp: Optional[float] = 2000.0  # iterations over which the EMA decay ramps up (YOLOv6)
 
 
 @dataclass
@@ -168,6 +127,8 @@ class TrainerConfig:
     overwrite: bool = False  # a finished run in the same directory is redone only when true
     progress: bool = True
     threads: Optional[int] = None  # torch CPU threads; None = torch's default
+    sync_bn: bool = True  # BatchNorm -> SyncBatchNorm under torchrun on CUDA
+    objective: Optional[str] = None  # the metric returned to a Hydra sweeper; None = the task's primary one
 
 
 @dataclass
@@ -200,11 +161,11 @@ class ExperimentConfig:
 @dataclass
 class Config:
     train: TrainRoleConfig = field(default_factory=TrainRoleConfig)
-    teacher: ModelConfig = field(default_factory=ModelConfig)
-    student: ModelConfig = field(default_factory=ModelConfig)
+    teacher: Any = None  # typed by its family's options (conf/teacher/*.yaml)
+    student: Any = None  # likewise (conf/student/*.yaml)
     distill: DistillConfig = field(default_factory=DistillConfig)
-    region: RegionConfig = field(default_factory=RegionConfig)
-    threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
+    region: RegionParams = field(default_factory=RegionParams)
+    threshold: Threshold = field(default_factory=Threshold)
     data: DataConfig = field(default_factory=DataConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -214,19 +175,61 @@ class Config:
     seed: int = 0
     runs_root: str = "runs"
 
+    @property
+    def role(self) -> str:
+        """``teacher`` or ``student``: the model this run trains."""
+        return self.train.role
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+    @property
+    def model(self) -> Any:
+        """The options of the model this run trains."""
+        return self.teacher if self.role == "teacher" else self.student
+
+    @property
+    def distilling(self) -> bool:
+        return self.role == "student" and bool(self.distill.methods)
 
 
 def register_configs() -> None:
-    """Register the schema as ``config_schema`` (first entry of conf/config.yaml's defaults)."""
-    ConfigStore.instance().store(name="config_schema", node=Config)
+    """Register the schema as ``config_schema`` and every family's options as ``family/<name>``
+    (``family/planned``: the options every family has, for model configs of families not built yet)."""
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
+    cs.store(group="family", name="planned", node=ModelOptions)
+    for family in FAMILIES.values():
+        cs.store(group="family", name=family.name, node=family.options)
 
 
 def compose_config(overrides: Sequence[str], *, return_hydra_config: bool = False) -> DictConfig:
     """The config ``scripts/train.py`` would get for these command-line overrides (without running Hydra's app)."""
+    register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         return compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
+
+
+def to_plain(cfg: Config | DictConfig) -> dict[str, Any]:
+    """The config as plain, resolved dicts and lists (for checkpoints, digests and W&B)."""
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+
+
+def config_from_plain(plain: dict[str, Any]) -> Config:
+    """A config written as plain values (a checkpoint's ``config``) as typed objects again."""
+    rest = {k: v for k, v in plain.items() if k not in ROLES}
+    try:
+        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), rest))
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"{err.full_key or 'config'}: {err.msg}") from err
+    for role in ROLES:
+        node = plain.get(role)
+        if isinstance(node, dict) and node.get("family") in FAMILIES:
+            try:
+                node = options_from_dict(node, role)
+            except OptionError as err:
+                raise ConfigError(err.qualified(role)) from err
+        setattr(cfg, role, node)
+    return cfg
 
 
 # ---------------------------------------------------------------------------- checks
@@ -236,7 +239,7 @@ def _fail(key: str, value: Any, expected: str) -> None:
     raise ConfigError(f"{key}={value!r} is invalid: {expected}")
 
 
-def _choice(key: str, value: Any, choices: tuple[str, ...] | list[str]) -> None:
+def _choice(key: str, value: Any, choices: Sequence[str]) -> None:
     if value not in choices:
         _fail(key, value, f"expected one of {', '.join(choices)}")
 
@@ -251,95 +254,86 @@ def _positive(key: str, value: Any) -> None:
         _fail(key, value, "expected a positive number")
 
 
-def _check_model(cfg: ModelConfig | DictConfig, key: str) -> None:
-    if cfg.detector not in DETECTORS:
-        raise ComponentNotImplemented(f"{key}.detector={cfg.detector!r} is not implemented (available: {', '.join(DETECTORS)})")
-    _choice(f"{key}.backbone", cfg.backbone, list(BACKBONES))
-    _choice(f"{key}.norm", cfg.norm, NORMS)
-    _choice(f"{key}.p6_from", cfg.p6_from, ("c5", "p5"))
-    _positive(f"{key}.fpn_channels", cfg.fpn_channels)
-    if not 0 <= cfg.trainable_layers <= 5:
-        _fail(f"{key}.trainable_layers", cfg.trainable_layers, "expected 0..5")
-    if len(cfg.anchor_sizes) != len(DETECTOR_LEVELS[cfg.detector]) or any(s <= 0 for s in cfg.anchor_sizes):
-        _fail(f"{key}.anchor_sizes", list(cfg.anchor_sizes), f"expected {len(DETECTOR_LEVELS[cfg.detector])} positive sizes")
-    if not 0 <= cfg.score_thresh < 1:
-        _fail(f"{key}.score_thresh", cfg.score_thresh, "expected a number in [0, 1)")
-    for name in ("weights", "checkpoint"):
-        value = cfg[name] if isinstance(cfg, DictConfig) else getattr(cfg, name)
-        if value and _looks_like_path(value) and not Path(value).is_file():
-            _fail(f"{key}.{name}", value, "file does not exist")
+def check_model(options: Any, key: str) -> Family:
+    """The family of a model node, after checking its options; errors name ``key``."""
+    name = options.get("family") if isinstance(options, dict) else getattr(options, "family", None)
+    if not name:
+        _fail(f"{key}.family", name, f"choose a model: {key}=<option of conf/{key}/>")
+    family = get_family(name, key)
+    if type(options) is not family.options:
+        _fail(f"{key}.family", name, f"the options of {key} are {type(options).__name__}; "
+              f"choose a {name} model with {key}=<option> instead of setting {key}.family")
+    try:
+        options.check()
+    except OptionError as err:
+        raise ConfigError(err.qualified(key)) from err
+    return family
 
 
-def _looks_like_path(value: str) -> bool:
-    return os.path.sep in value or value.endswith((".pth", ".pt", ".ckpt"))
+def _check_levels(cfg: Config, student: Family, teacher: Family) -> None:
+    d = cfg.distill
+    available = [lvl for lvl in student.levels if lvl in teacher.levels]
+    for key, levels in [("distill.levels", d.levels)] + [(f"distill.{m}.levels", getattr(d, m).levels) for m in d.methods]:
+        if levels is None:
+            continue
+        if not levels:
+            _fail(key, list(levels), "expected at least one level")
+        for i, lvl in enumerate(levels):
+            _choice(f"{key}[{i}]", lvl, available)
 
 
-def _check_distill(cfg: DictConfig) -> None:
+def _check_distill(cfg: Config, student: Family) -> None:
     d = cfg.distill
     for i, m in enumerate(d.methods):
         _choice(f"distill.methods[{i}]", m, list(METHODS))
     if len(set(d.methods)) != len(d.methods):
         _fail("distill.methods", list(d.methods), "a method is listed twice")
-    levels = DETECTOR_LEVELS[cfg.student.detector]
-    if d.methods and not d.levels:
-        _fail("distill.levels", list(d.levels), "expected at least one level")
-    for i, lvl in enumerate(d.levels):
-        _choice(f"distill.levels[{i}]", lvl, list(levels))
     _positive("distill.dfd.temperature", d.dfd.temperature)
     _choice("distill.dfd.transform", d.dfd.transform, TRANSFORM_STRUCTURES)
     for key in ("mse.weight", "fgd.alpha_fgd", "fgd.beta_fgd", "fgd.gamma_fgd", "fgd.lambda_fgd", "mgd.alpha", "pkd.weight", "cwd.weight"):
-        _non_negative(f"distill.{key}", OmegaConf.select(d, key))
+        method, name = key.split(".")
+        _non_negative(f"distill.{key}", getattr(getattr(d, method), name))
     _positive("distill.fgd.temperature", d.fgd.temperature)
     _positive("distill.cwd.tau", d.cwd.tau)
     if not 0 <= d.mgd.lambda_mgd < 1:
         _fail("distill.mgd.lambda_mgd", d.mgd.lambda_mgd, "expected a mask ratio in [0, 1)")
 
 
-def _check_region(cfg: DictConfig) -> None:
+def _check_region(cfg: Config) -> None:
     _choice("region.hd", cfg.region.hd, CONSTRAINTS)
     _choice("region.ld", cfg.region.ld, CONSTRAINTS)
     _non_negative("region.alpha", cfg.region.alpha)
     _non_negative("region.beta", cfg.region.beta)
     t = cfg.threshold
-    _choice("threshold.kind", t.kind, ("mean", "median", "quantile", "fixed"))
-    if t.kind in ("quantile", "fixed") and t.value is None:
-        _fail("threshold.value", t.value, f"threshold.kind={t.kind} needs a value")
     try:
-        parse_threshold(threshold_spec(t))
+        parse_threshold(t)
     except ValueError as err:
-        raise ConfigError(f"threshold.value={t.value!r} is invalid: {err}") from err
+        key = "threshold.kind" if t.kind not in ("mean", "median", "quantile", "fixed") else "threshold.value"
+        raise ConfigError(f"{key}={getattr(t, key.split('.')[1])!r} is invalid: {err}") from err
 
 
-def threshold_spec(t: ThresholdConfig | DictConfig) -> str | float:
-    """The threshold as the method library takes it ("mean", "quantile:0.7", 0.3, ...)."""
-    if t.kind == "quantile":
-        return f"quantile:{t.value}"
-    if t.kind == "fixed":
-        return float(t.value)
-    return t.kind
-
-
-def _check_data(cfg: DictConfig) -> None:
+def _check_data(cfg: Config) -> None:
     d = cfg.data
-    if d.kind not in KNOWN_DATA_KINDS:
-        _fail("data.kind", d.kind, f"expected one of {', '.join(DATA_KINDS)}")
-    if d.kind not in DATA_KINDS:
-        raise ComponentNotImplemented(f"data.kind={d.kind!r} is not implemented (available: {', '.join(DATA_KINDS)})")
-    if d.kind == "coco":
+    _choice("data.kind", d.kind, list(DATASETS))
+    entry = DATASETS[d.kind]
+    if not entry.implemented:
+        raise ComponentNotImplemented(f"data.kind={d.kind!r} is not implemented yet: {entry.reason}")
+    if entry.needs_root:
         if not d.root:
-            _fail("data.root", d.root, "data=coco needs data.root=PATH (a COCO 2017 layout)")
+            _fail("data.root", d.root, f"data={d.kind} needs data.root=PATH ({entry.reason or 'its directory'})")
         if not Path(d.root).is_dir():
             _fail("data.root", d.root, "directory does not exist")
     for key in ("min_size", "max_size", "batch_size", "eval_batch_size"):
-        _positive(f"data.{key}", d[key])
+        _positive(f"data.{key}", getattr(d, key))
     if d.min_size > d.max_size:
         _fail("data.min_size", d.min_size, f"must not exceed data.max_size={d.max_size}")
+    _choice("data.rounding", d.rounding, ROUNDINGS)
     if not 0 <= d.flip_prob <= 1:
         _fail("data.flip_prob", d.flip_prob, "expected a probability in [0, 1]")
     _non_negative("data.num_workers", d.num_workers)
 
 
-def _check_schedule(cfg: DictConfig) -> None:
+def _check_schedule(cfg: Config) -> None:
     s = cfg.schedule
     _positive("schedule.epochs", s.epochs)
     if s.teacher_epochs is not None:
@@ -347,18 +341,27 @@ def _check_schedule(cfg: DictConfig) -> None:
     if list(s.steps) != sorted(s.steps) or any(x <= 0 or x > s.epochs for x in s.steps):
         _fail("schedule.steps", list(s.steps), f"expected increasing epochs in 1..{s.epochs}")
     _choice("schedule.optimizer", s.optimizer, OPTIMIZERS)
+    _choice("schedule.policy", s.policy, POLICIES)
     _positive("schedule.lr", s.lr)
-    for key in ("momentum", "weight_decay", "warmup_iters"):
-        _non_negative(f"schedule.{key}", s[key])
+    for key in ("momentum", "weight_decay", "warmup_iters", "min_lr_ratio", "power"):
+        _non_negative(f"schedule.{key}", getattr(s, key))
+    if len(s.betas) != 2 or not all(0 <= b < 1 for b in s.betas):
+        _fail("schedule.betas", list(s.betas), "expected two numbers in [0, 1)")
     if not 0 < s.gamma <= 1:
         _fail("schedule.gamma", s.gamma, "expected a factor in (0, 1]")
     if not 0 < s.warmup_ratio <= 1:
         _fail("schedule.warmup_ratio", s.warmup_ratio, "expected a factor in (0, 1]")
+    if s.min_lr_ratio > 1:
+        _fail("schedule.min_lr_ratio", s.min_lr_ratio, "expected a fraction of lr in [0, 1]")
     if s.clip_grad is not None:
         _positive("schedule.clip_grad", s.clip_grad)
+    if s.ema_decay is not None and not 0 < s.ema_decay < 1:
+        _fail("schedule.ema_decay", s.ema_decay, "expected a decay in (0, 1), or null for no EMA")
+    if s.ema_ramp is not None:
+        _positive("schedule.ema_ramp", s.ema_ramp)
 
 
-def _check_trainer(cfg: DictConfig) -> None:
+def _check_trainer(cfg: Config) -> None:
     t = cfg.trainer
     dev = t.device
     if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
@@ -374,31 +377,64 @@ def _check_trainer(cfg: DictConfig) -> None:
     _choice("logger.mode", cfg.logger.mode, WANDB_MODES)
 
 
-def validate(cfg: DictConfig, require_teacher: bool = True) -> None:
-    """Check every value of a composed config; raise ConfigError or ComponentNotImplemented.
+def _check_teacher_given(cfg: Config) -> None:
+    if not (cfg.teacher.checkpoint or cfg.teacher.weights):
+        _fail("teacher.checkpoint", cfg.teacher.checkpoint,
+              f"distill={'+'.join(cfg.distill.methods)} needs a trained teacher: set teacher.checkpoint=PATH "
+              "(the checkpoints/last.pth of a train=teacher run) or teacher.weights")
+
+
+def check(cfg: Config, require_teacher: bool = True) -> None:
+    """Check every value of a parsed config; raise ConfigError or ComponentNotImplemented.
 
     ``require_teacher=False`` skips the check that a distillation run names its teacher
     (used when planning a table whose teacher is still to be trained).
     """
-    _choice("train.role", cfg.train.role, ROLES)
+    _choice("train.role", cfg.role, ROLES)
     _check_data(cfg)
-    if cfg.train.role == "teacher":
-        _check_model(cfg.teacher, "teacher")
-    else:
-        _check_model(cfg.student, "student")
-        _check_distill(cfg)
+    family = check_model(cfg.model, cfg.role)
+    if cfg.role == "student":
+        _check_distill(cfg, family)
         if cfg.distill.methods:
-            _check_model(cfg.teacher, "teacher")
+            _check_levels(cfg, family, check_model(cfg.teacher, "teacher"))
             if "dfd" in cfg.distill.methods:
                 _check_region(cfg)
-            if require_teacher and not (cfg.teacher.checkpoint or cfg.teacher.weights):
-                _fail(
-                    "teacher.checkpoint",
-                    cfg.teacher.checkpoint,
-                    f"distill={'+'.join(cfg.distill.methods)} needs a trained teacher: set teacher.checkpoint=PATH "
-                    "(the checkpoints/last.pth of a train=teacher run) or teacher.weights",
-                )
+            if require_teacher:
+                _check_teacher_given(cfg)
     _check_schedule(cfg)
     _check_trainer(cfg)
     if cfg.experiment.row is not None and not str(cfg.experiment.row):
         _fail("experiment.row", cfg.experiment.row, "expected a row id")
+
+
+def load_config(cfg: DictConfig | Config, require_teacher: bool = True) -> Config:
+    """The composed config as typed objects (each model node an instance of its family's options), checked."""
+    if isinstance(cfg, DictConfig):
+        try:
+            cfg = OmegaConf.to_object(cfg)
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"{err.full_key or 'config'}: {err.msg}") from err
+    check(cfg, require_teacher)
+    return cfg
+
+
+# ---------------------------------------------------------------------------- derived values
+
+
+def distill_levels(cfg: Config) -> list[str]:
+    """``distill.levels``, or the student family's default levels."""
+    return list(cfg.distill.levels) if cfg.distill.levels is not None else list(get_family(cfg.student.family).default_levels)
+
+
+def method_params(cfg: Config) -> dict[str, dict[str, Any]]:
+    """Keyword parameters of each selected method, as :class:`dfd.distill.FeatureDistillation` takes them.
+
+    DFD's region constraints and threshold come from the ``region`` and ``threshold`` groups.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for m in cfg.distill.methods:
+        params = dataclasses.asdict(getattr(cfg.distill, m))
+        if m == "dfd":
+            params.update(dataclasses.asdict(cfg.region), threshold=parse_threshold(cfg.threshold))
+        out[m] = params
+    return out

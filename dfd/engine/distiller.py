@@ -1,40 +1,35 @@
-"""The Distiller: joins the student, the frozen teacher, the feature taps and the distillation losses."""
+"""The Distiller: joins the student, the frozen teacher and the distillation losses."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from dfd.distill import FeatureDistillation
-from dfd.models import FeatureTaps, freeze, teacher_features
+from dfd.distill import DistillContext, FeatureDistillation
+from dfd.models import Batch, freeze, select_maps
 
 
 class Distiller(nn.Module):
-    """``forward(images, targets)`` returns the student's task losses plus ``distill/<method>/<term>``.
+    """``forward(batch)`` returns the student's task losses plus ``distill/<method>/<term>``.
 
-    Without a teacher (``distill=none`` or a teacher run) it is the detector alone. The
-    teacher is frozen and stays in eval mode; it runs without autograd on exactly the
-    batched input the student saw (captured from the student's transform).
+    Without a teacher (``distill=none`` or a teacher run) it is the model alone. The teacher
+    is frozen and stays in eval mode; it sees exactly the batch the student saw and is asked
+    only for the maps the losses use. The losses get a :class:`DistillContext` holding only
+    the inputs they declare.
     """
 
-    def __init__(
-        self,
-        student: nn.Module,
-        teacher: nn.Module | None = None,
-        losses: FeatureDistillation | None = None,
-        levels: Sequence[str] = (),
-        feature_module: str = "backbone",
-    ) -> None:
+    def __init__(self, student: nn.Module, teacher: nn.Module | None = None, losses: FeatureDistillation | None = None) -> None:
         super().__init__()
         if (teacher is None) != (losses is None):
             raise ValueError("a teacher and distillation losses go together")
+        if teacher is not None and not student.input_spec.serves(teacher.input_spec):
+            raise ValueError(f"the teacher wants its input as {teacher.input_spec}, the student's batches are "
+                             f"{student.input_spec}: they cannot share a batch")
         self.student = student
         self.teacher = freeze(teacher) if teacher is not None else None
         self.losses = losses
-        self.feature_module = feature_module
-        self.levels = list(levels)
-        self.taps = FeatureTaps(student, self.levels, feature_module) if teacher is not None else None
 
     def train(self, mode: bool = True) -> "Distiller":
         super().train(mode)
@@ -42,37 +37,39 @@ class Distiller(nn.Module):
             self.teacher.eval()
         return self
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        """What the optimizer sees: the student and the distillation modules (f_trans, alignments)."""
-        params = [p for p in self.student.parameters() if p.requires_grad]
-        if self.losses is not None:
-            params += [p for p in self.losses.parameters() if p.requires_grad]
-        return params
+    def prepare(self, images: Sequence[Tensor], targets: Sequence[Mapping[str, Any]], device: torch.device) -> Batch:
+        """A batch as the student prepares it (the teacher accepts it: checked at construction)."""
+        return self.student.prepare(images, targets, device)
 
-    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-        task = self.student(images, targets)
+    def trainable_modules(self) -> list[nn.Module]:
+        """What the optimizer trains: the student and the distillation modules (f_trans, alignments)."""
+        return [self.student] + ([self.losses] if self.losses is not None else [])
+
+    def forward(self, batch: Batch) -> dict[str, Tensor]:
+        out = self.student.train_step(batch)
         if self.teacher is None:
-            return task
-        batch = self.taps.images.tensors
-        feats_t = teacher_features(self.teacher, batch, self.levels, self.feature_module)
-        boxes = sizes = None
-        if self.losses.needs_boxes:
-            boxes = [t["boxes"] for t in self.taps.targets]
-            sizes = [tuple(batch.shape[-2:])] * batch.shape[0]
-        terms = self.losses(self.taps.features, feats_t, boxes=boxes, image_sizes=sizes)
-        return {**task, **{f"distill/{k}": v for k, v in terms.items()}}
+            return out.losses
+        levels = self.losses.levels
+        with torch.no_grad():
+            maps_t = self.teacher.distill_maps(batch, levels)
+        need = self.losses.inputs
+        ctx = DistillContext(
+            select_maps(out.maps, levels), maps_t,
+            boxes=[t["boxes"] for t in batch.targets] if "boxes" in need else None,
+            image_sizes=batch.image_sizes if "image_sizes" in need else None,
+        )
+        return {**out.losses, **{f"distill/{k}": v for k, v in self.losses(ctx).items()}}
 
 
 @torch.no_grad()
-def probe_channels(student: nn.Module, teacher: nn.Module, levels: Sequence[str], feature_module: str = "backbone", size: int = 64) -> dict[str, tuple[int, int]]:
-    """Run both feature modules on a small zero input and read each level's width."""
-    x = torch.zeros(1, 3, size, size, device=next(student.parameters()).device)
+def probe_channels(student: nn.Module, teacher: nn.Module, levels: Sequence[str], device: torch.device, size: int = 64) -> dict[str, tuple[int, int]]:
+    """Each level's width in the student and the teacher, read from one small blank input."""
+    batch = student.prepare([torch.zeros(3, size, size)], [{}], device)
     was_training = student.training
     student.eval()
-    fs = student.get_submodule(feature_module)(x)
-    student.train(was_training)
-    ft = teacher.get_submodule(feature_module)(x.to(next(teacher.parameters()).device))
-    missing = [lvl for lvl in levels if lvl not in fs or lvl not in ft]
-    if missing:
-        raise KeyError(f"distill.levels {missing} are not produced by both models (student has {list(fs)}, teacher {list(ft)})")
-    return {lvl: (fs[lvl].shape[1], ft[lvl].shape[1]) for lvl in levels}
+    try:
+        fs = student.distill_maps(batch, levels)
+    finally:
+        student.train(was_training)
+    ft = teacher.distill_maps(batch, levels)
+    return {lvl: (int(fs[lvl].shape[1]), int(ft[lvl].shape[1])) for lvl in levels}

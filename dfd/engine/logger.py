@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from dfd.rundir import HISTORY_FILE, WANDB_ID_FILE
+
 log = logging.getLogger(__name__)
 
 
@@ -23,7 +25,7 @@ class RunLogger:
                  entity: str | None = None, mode: str = "offline", name: str | None = None, group: str | None = None,
                  tags: list[str] | None = None, enabled: bool = True) -> None:
         self.enabled = enabled
-        self.history = run_dir / "history.jsonl"
+        self.history = run_dir / HISTORY_FILE
         self.wandb_run = None
         if enabled and kind == "wandb" and mode != "disabled":
             import wandb
@@ -32,6 +34,18 @@ class RunLogger:
                 project=project, entity=entity, mode=mode, dir=str(run_dir), config=dict(cfg or {}),
                 name=name, group=group, tags=tags or None, resume="allow", id=_wandb_id(run_dir),
             )
+
+    @classmethod
+    def for_run(cls, run_dir: Path, cfg: Any, plain: Mapping[str, Any], enabled: bool = True) -> "RunLogger":
+        """The logger of a training run: W&B run named by table/row/seed, grouped by table, tagged."""
+        from .runinfo import experiment_info
+
+        exp = experiment_info(cfg)
+        name = f"table{exp['table']}-{exp['row']}-seed{exp['seed']}" if exp["table"] is not None else f"{exp['role']}-{run_dir.name}"
+        tags = [*exp["methods"], exp["role"], f"scale:{exp['scale']}", *([f"row:{exp['row']}"] if exp["row"] else []), *cfg.logger.tags]
+        lg = cfg.logger
+        return cls(run_dir, plain, kind=lg.kind, project=lg.project, entity=lg.entity, mode=lg.mode, name=name,
+                   group=f"table{exp['table']}" if exp["table"] else None, tags=tags, enabled=enabled)
 
     def log(self, values: Mapping[str, float], step: int) -> None:
         if not self.enabled:
@@ -55,7 +69,7 @@ class RunLogger:
 
 def _wandb_id(run_dir: Path) -> str:
     """A stable W&B id per run directory, so a resumed run continues the same W&B run."""
-    id_file = run_dir / "wandb_id.txt"
+    id_file = run_dir / WANDB_ID_FILE
     if id_file.is_file():
         return id_file.read_text().strip()
     run_id = secrets.token_hex(6)  # W&B ids are [a-z0-9]; written once per run directory

@@ -1,4 +1,4 @@
-"""What a run directory holds besides checkpoints: metrics.json, failed.json, code version."""
+"""What a run records besides checkpoints: its identity, metrics.json, failed.json, the code version."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -8,11 +8,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import atomic_write_json
-
-METRICS_FILE = "metrics.json"
-FAILED_FILE = "failed.json"
-CHECKPOINT = Path("checkpoints") / "last.pth"
+from dfd.rundir import FAILED_FILE, METRICS_FILE, atomic_write_json
 
 
 def now() -> str:
@@ -27,6 +23,8 @@ def code_version() -> dict[str, Any]:
         version = "unknown"
     repo = Path(__file__).resolve().parents[2]
     info: dict[str, Any] = {"version": version, "commit": None, "dirty": None}
+    if not (repo / ".git").exists():
+        return info  # an installed copy: no checkout to ask
     try:
         info["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True, timeout=10).stdout.strip()
         status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True, check=True, timeout=10)
@@ -34,6 +32,25 @@ def code_version() -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         pass
     return info
+
+
+def _describe(options: Any) -> str:
+    return " ".join(str(getattr(options, k)) for k in ("family", "backbone") if getattr(options, k, None))
+
+
+def experiment_info(cfg: Any) -> dict[str, Any]:
+    """The identity of a run (table, row, seed, scale, role, methods, models), as metrics.json records it."""
+    distilling = cfg.train.role == "student" and bool(cfg.distill.methods)
+    return {
+        "table": cfg.experiment.table,
+        "row": cfg.experiment.row,
+        "seed": cfg.seed,
+        "scale": cfg.scale.name,
+        "role": cfg.train.role,
+        "methods": list(cfg.distill.methods) if cfg.train.role == "student" else [],
+        "teacher": _describe(cfg.teacher) if (cfg.train.role == "teacher" or distilling) else None,
+        "student": _describe(cfg.student) if cfg.train.role == "student" else None,
+    }
 
 
 def write_metrics(run_dir: Path, *, metrics: dict, losses: dict, timings: dict, experiment: dict, version: dict, config_digest: str) -> dict:

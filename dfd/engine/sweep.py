@@ -2,9 +2,10 @@
 
 The rows come from the table spec (``experiments/tableN.yaml``), registered as
 ``+row=table<N>_<id>`` configs (:mod:`dfd.engine.rows`); nothing is written twice.
-Runs live in ``<runs_root>/<scale>/table<N>/<row>/seed<S>/`` and teachers in
-``<runs_root>/<scale>/teachers/<teacher>-<digest>/``, shared by every table that needs
-the same teacher. A finished run is never redone; an interrupted one resumes.
+Runs live where :mod:`dfd.rundir` says (``<runs_root>/<scale>/table<N>/<row>/seed<S>/``; teachers
+in ``<runs_root>/<scale>/teachers/<teacher>-<digest>/``, shared by every table that needs the same
+teacher). A finished run is never redone; an interrupted one resumes. Runs are launched as
+``python -m dfd.cli.train``, so the sweep works from an installed package.
 """
 from __future__ import annotations
 
@@ -18,17 +19,26 @@ from pathlib import Path
 from omegaconf import DictConfig, open_dict
 
 from dfd.models import ComponentNotImplemented
+from dfd.rundir import (
+    CHECKPOINT,
+    METRICS_FILE,
+    NOT_IMPLEMENTED_FILE,
+    ROW_SEED,
+    atomic_write_json,
+    config_digest,
+    row_dir,
+    seed_dir,
+    table_dir,
+    teacher_dir,
+)
 
-from .checkpoint import atomic_write_json
-from .config import validate
+from .config import load_config, to_plain
 from .rows import row_name
-from .runinfo import CHECKPOINT, METRICS_FILE, now
-from .train import config_digest
+from .runinfo import now
 
 log = logging.getLogger(__name__)
 
-NOT_IMPLEMENTED_FILE = "not_implemented.json"
-TRAIN_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "train.py"
+TRAIN_MODULE = "dfd.cli.train"
 LAUNCHERS = ("basic", "submitit_local", "submitit_slurm")
 
 Compose = Callable[[Sequence[str]], DictConfig]  # overrides -> config with its `hydra` node
@@ -71,7 +81,7 @@ def _teacher_overrides(row_overrides: Sequence[str]) -> list[str]:
 
 
 def plan_table(
-    spec, *, scale_dir: Path, seeds: Sequence[int], base: Sequence[str], compose: Compose,
+    spec, *, runs_root: str | Path, scale: str, seeds: Sequence[int], base: Sequence[str], compose: Compose,
     teacher_checkpoints: dict[str, str] | None = None,
 ) -> TablePlan:
     """Decide, for every row of ``spec``, whether it is finished, not implemented, or to run (and with which teacher).
@@ -80,20 +90,19 @@ def plan_table(
     checkpoint to use instead of training one.
     """
     given = teacher_checkpoints or {}
-    plan = TablePlan(spec.number, scale_dir / spec.name)
+    plan = TablePlan(spec.number, table_dir(runs_root, scale, spec.number))
     for row in spec.rows:
         cfg = compose([*base, f"+row={row_name(spec.number, row.id)}"])
         choices = cfg.hydra.runtime.choices
         cfg = _without_hydra(cfg)
         needs_teacher = cfg.train.role == "student" and bool(cfg.distill.methods)
-        row_dir = plan.table_dir / row.id
         try:
-            validate(cfg, require_teacher=False)
+            load_config(cfg, require_teacher=False)
         except ComponentNotImplemented as err:
             plan.not_implemented[row.id] = str(err)
             continue
-        (row_dir / NOT_IMPLEMENTED_FILE).unlink(missing_ok=True)  # implemented since
-        if all((row_dir / f"seed{s}" / METRICS_FILE).is_file() for s in seeds):
+        (row_dir(runs_root, scale, spec.number, row.id) / NOT_IMPLEMENTED_FILE).unlink(missing_ok=True)  # implemented since
+        if all((seed_dir(runs_root, scale, spec.number, row.id, s) / METRICS_FILE).is_file() for s in seeds):
             plan.finished.append(row.id)
             continue
         teacher = None
@@ -103,10 +112,9 @@ def plan_table(
                 teacher = f"given:{given.get(option, given.get('*'))}"
             else:
                 overrides = [*base, "train=teacher", *_teacher_overrides(row.overrides)]
-                tcfg = _without_hydra(compose(overrides))
-                validate(tcfg)
-                teacher = f"{option}-{config_digest(tcfg)[:8]}"
-                plan.teachers.setdefault(teacher, TeacherPlan(teacher, overrides, scale_dir / "teachers" / teacher))
+                tcfg = load_config(_without_hydra(compose(overrides)))
+                teacher = f"{option}-{config_digest(to_plain(tcfg))[:8]}"
+                plan.teachers.setdefault(teacher, TeacherPlan(teacher, overrides, teacher_dir(runs_root, scale, teacher)))
         plan.to_run.setdefault(teacher, []).append(row.id)
     return plan
 
@@ -125,7 +133,7 @@ def _launcher_overrides(launcher: str) -> list[str]:
 
 def teacher_command(teacher: TeacherPlan, launcher: str, python: str = sys.executable) -> list[str]:
     """One-job multirun, so that the chosen launcher (e.g. SLURM) trains the teacher too."""
-    return [python, str(TRAIN_SCRIPT), "-m", *_launcher_overrides(launcher),
+    return [python, "-m", TRAIN_MODULE, "-m", *_launcher_overrides(launcher),
             f"hydra.sweep.dir={teacher.run_dir.parent}", f"hydra.sweep.subdir={teacher.run_dir.name}", *teacher.overrides]
 
 
@@ -133,8 +141,9 @@ def rows_command(plan: TablePlan, teacher: str | None, seeds: Sequence[int], bas
                  python: str = sys.executable) -> list[str]:
     """One Hydra multirun over the rows sharing ``teacher`` and over the seeds."""
     rows = ",".join(row_name(plan.table, r) for r in plan.to_run[teacher])
-    cmd = [python, str(TRAIN_SCRIPT), "-m", *_launcher_overrides(launcher), f"hydra.sweep.dir={plan.table_dir}",
-           "hydra.sweep.subdir=${experiment.row}/seed${seed}", *base, f"+row={rows}", f"seed={','.join(map(str, seeds))}"]
+    subdir = ROW_SEED.format(row="${experiment.row}", seed="${seed}")
+    cmd = [python, "-m", TRAIN_MODULE, "-m", *_launcher_overrides(launcher), f"hydra.sweep.dir={plan.table_dir}",
+           f"hydra.sweep.subdir={subdir}", *base, f"+row={rows}", f"seed={','.join(map(str, seeds))}"]
     if teacher is not None:
         ckpt = teacher.split(":", 1)[1] if teacher.startswith("given:") else str(plan.teachers[teacher].checkpoint)
         cmd.append(f"teacher.checkpoint={ckpt}")

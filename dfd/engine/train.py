@@ -1,13 +1,17 @@
-"""The one training loop, for teachers and students alike."""
+"""The one training loop, for teachers and students of every model family, in named parts.
+
+:func:`run_training` reads as the recipe: set up the process, build the run (data, models,
+losses), build its optimisation (parameter groups, optimizer, schedule, EMA), resume or
+start, train the epochs, evaluate, finish. The engine speaks to models only through the
+family interface (:mod:`dfd.models.family`) and never names a family.
+"""
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import random
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,199 +20,270 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
 
-from dfd.data import build_detection_datasets, collate
-from dfd.data.sampler import EpochBatchSampler
+from dfd.data import EpochBatchSampler, collate
 from dfd.distill import FeatureDistillation
-from dfd.models import (
-    FEATURE_MODULES,
-    WeightsError,
-    build_detector,
-    fit_state_dict,
-    inherit_matching,
-    load_weights,
-    read_checkpoint,
-    state_dict_of,
-)
+from dfd.models import Family, build_model, get_family, inherit_matching
+from dfd.rundir import CHECKPOINT, CONFIG_FILE, METRICS_FILE, atomic_write_text, config_diff, config_digest, read_json
 
-from .checkpoint import atomic_save
-from .config import ConfigError, threshold_spec, validate
-from .dist import barrier, init_distributed, resolve_device
+from .checkpoint import atomic_save, load_teacher, options_dict, rng_state, set_rng_state
+from .config import Config, ConfigError, distill_levels, load_config, method_params, to_plain
+from .dist import DistInfo, barrier
 from .distiller import Distiller, probe_channels
-from .evaluate import evaluate_detector
+from .evaluate import evaluate_model
+from .evaluators import primary_metric
 from .logger import RunLogger
-from .runinfo import CHECKPOINT, METRICS_FILE, code_version, now, write_metrics
-from .schedule import iteration_plan, lr_factor
+from .optim import build_ema, build_optimizer, build_scheduler, current_lrs, param_groups
+from .runinfo import code_version, experiment_info, now, write_metrics
+from .setup import amp_dtype, datasets, setup_process
 
 log = logging.getLogger(__name__)
 
-# Keys that may change between a run and its resumption without changing its result.
-_VOLATILE = ("logger", "runs_root", "trainer.progress", "trainer.log_interval", "trainer.checkpoint_interval",
-             "trainer.threads", "trainer.overwrite", "trainer.device", "trainer.evaluate", "data.num_workers",
-             "data.eval_batch_size")
-# The architecture keys a teacher checkpoint must agree on with teacher.*.
-_ARCH_KEYS = ("detector", "backbone", "fpn_channels", "p6_from", "anchor_sizes")
+
+@dataclass
+class Run:
+    """Everything one run holds while it trains."""
+
+    cfg: Config
+    run_dir: Path
+    info: DistInfo
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    family: Family
+    train_set: Any
+    val_set: Any
+    distiller: Distiller
+    plain: dict[str, Any]  # the config as plain values (checkpoints, digest, W&B)
+    digest: str
+    iters_per_epoch: int = 0
+    total: int = 0
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: Any = None
+    scaler: torch.amp.GradScaler | None = None
+    ema: Any = None
+    start: int = 0
+    timings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model(self) -> nn.Module:
+        """The model whose weights are evaluated: the EMA's when there is one."""
+        return self.ema.module if self.ema is not None else self.distiller.student
 
 
-# ----------------------------------------------------------------------------- helpers
+# ----------------------------------------------------------------------------- set-up
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(d, dict):
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: d}
+def build_distiller(cfg: Config, num_classes: int, device: torch.device) -> Distiller:
+    """The trained model, and for a distillation run the frozen teacher and the losses of every method."""
+    model = build_model(cfg.model, num_classes, cfg.role)
+    if not cfg.distilling:
+        return Distiller(model).to(device)
+    teacher = load_teacher(cfg.teacher, num_classes).to(device)
+    model.to(device)
+    losses = FeatureDistillation(method_params(cfg), probe_channels(model, teacher, _used_levels(cfg), device))
+    return Distiller(model, teacher, losses).to(device)
 
 
-def _result_config(cfg: DictConfig) -> dict[str, Any]:
-    flat = _flatten(OmegaConf.to_container(cfg, resolve=True))
-    return {k: v for k, v in flat.items() if not any(k == p or k.startswith(p + ".") for p in _VOLATILE)}
-
-
-def config_digest(cfg: DictConfig) -> str:
-    """Digest of everything that changes a run's result (not logging, paths or device)."""
-    return hashlib.sha256(json.dumps(_result_config(cfg), sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    keys = sorted(set(old) | set(new))
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
-
-
-def experiment_info(cfg: DictConfig) -> dict[str, Any]:
-    role = cfg.train.role
-    methods = list(cfg.distill.methods) if role == "student" else []
-    return {
-        "table": cfg.experiment.table,
-        "row": cfg.experiment.row,
-        "seed": cfg.seed,
-        "scale": cfg.scale.name,
-        "role": role,
-        "methods": methods,
-        "teacher": f"{cfg.teacher.detector} {cfg.teacher.backbone}" if (role == "teacher" or methods) else None,
-        "student": f"{cfg.student.detector} {cfg.student.backbone}" if role == "student" else None,
-    }
-
-
-def synthetic_root(cfg: DictConfig) -> Path:
-    """Default cache of the synthetic set: one directory per generator setting."""
-    params = OmegaConf.to_container(cfg.data.synthetic, resolve=True)
-    tag = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
-    return Path(os.environ.get("DFD_CACHE", ".cache")) / "synthetic_coco" / tag
-
-
-def build_model(mcfg: DictConfig, num_classes: int, data: DictConfig, key: str) -> nn.Module:
-    try:
-        return build_detector(
-            mcfg.detector, mcfg.backbone, num_classes, key=key,
-            fpn_channels=mcfg.fpn_channels, p6_from=mcfg.p6_from, norm=mcfg.norm,
-            backbone_weights=mcfg.backbone_weights, trainable_layers=mcfg.trainable_layers,
-            min_size=data.min_size, max_size=data.max_size, anchor_sizes=tuple(mcfg.anchor_sizes),
-            score_thresh=mcfg.score_thresh, nms_thresh=mcfg.nms_thresh,
-            detections_per_img=mcfg.detections_per_img, topk_candidates=mcfg.topk_candidates,
-        )
-    except (OSError, RuntimeError) as err:  # e.g. backbone weights that cannot be downloaded
-        raise WeightsError(f"{key}.backbone_weights={mcfg.backbone_weights!r} could not be loaded: {err}") from err
-
-
-def load_teacher(cfg: DictConfig, num_classes: int) -> nn.Module:
-    """The teacher of a distillation run, with its trained weights."""
-    tcfg = cfg.teacher
-    model = build_model(tcfg, num_classes, cfg.data, "teacher")
-    if tcfg.checkpoint:
-        ckpt = read_checkpoint(tcfg.checkpoint, "teacher.checkpoint")
-        arch = ckpt.get("model_config") or {}
-        wrong = [f"teacher.{k}: checkpoint {arch[k]!r}, config {tcfg[k]!r}" for k in _ARCH_KEYS
-                 if k in arch and (list(tcfg[k]) if k == "anchor_sizes" else tcfg[k]) != arch[k]]
-        if wrong:
-            raise ConfigError(f"teacher.checkpoint={tcfg.checkpoint!r} was written for another model: " + "; ".join(wrong))
-        if ckpt.get("num_classes") not in (None, num_classes):
-            raise ConfigError(f"teacher.checkpoint={tcfg.checkpoint!r} has {ckpt['num_classes']} classes, the data {num_classes}")
-        if ckpt.get("finished") is False:
-            raise ConfigError(f"teacher.checkpoint={tcfg.checkpoint!r} is from an unfinished run "
-                              f"(iteration {ckpt.get('iteration')} of {ckpt.get('total_iters')}); finish it first")
-        fit_state_dict(model, state_dict_of(ckpt, "teacher.checkpoint", repr(tcfg.checkpoint)), "teacher.checkpoint", repr(tcfg.checkpoint))
-    elif tcfg.weights:
-        load_weights(model, tcfg.weights, "teacher.weights")
-    return model
-
-
-def method_params(cfg: DictConfig) -> dict[str, dict[str, Any]]:
-    """Keyword parameters of each selected method, as the method library takes them."""
-    out: dict[str, dict[str, Any]] = {}
+def _used_levels(cfg: Config) -> list[str]:
+    levels = distill_levels(cfg)
     for m in cfg.distill.methods:
-        params = dict(OmegaConf.to_container(cfg.distill[m], resolve=True))
-        if m == "dfd":
-            r = cfg.region
-            params.update(hd=r.hd, ld=r.ld, alpha=r.alpha, beta=r.beta, threshold=threshold_spec(cfg.threshold))
-        out[m] = params
-    return out
+        levels += [lvl for lvl in (getattr(cfg.distill, m).levels or []) if lvl not in levels]
+    return levels
 
 
-def build_datasets(cfg: DictConfig):
-    """The train and val datasets of ``cfg.data`` (the synthetic set is generated on first use)."""
-    d = cfg.data
-    root = d.root or (synthetic_root(cfg) if d.kind == "synthetic" else None)
-    return build_detection_datasets(
-        d.kind, root, min_size=d.min_size, max_size=d.max_size, flip_prob=d.flip_prob,
-        filter_empty_train=d.filter_empty_train, synthetic=OmegaConf.to_container(d.synthetic, resolve=True),
-    )
+def build_run(cfg: Config, run_dir: Path, info: DistInfo, device: torch.device) -> Run:
+    family = get_family(cfg.model.family, cfg.role)
+    train_set, val_set = datasets(cfg, family)
+    distiller = build_distiller(cfg, train_set.num_classes, device)
+    if info.enabled and device.type == "cuda" and cfg.trainer.sync_bn:
+        distiller.student = nn.SyncBatchNorm.convert_sync_batchnorm(distiller.student)
+    plain = to_plain(cfg)
+    return Run(cfg, run_dir, info, device, amp_dtype(cfg.trainer.amp, device), family, train_set, val_set,
+               distiller, plain, config_digest(plain))
 
 
-def build_components(cfg: DictConfig, device: torch.device):
-    """Datasets and the Distiller of a run: the model being trained (the teacher of a
-    ``train=teacher`` run, else the student), and for a distillation run the frozen
-    teacher with its weights and the losses of every selected method."""
-    train_ds, val_ds = build_datasets(cfg)
-    num_classes = train_ds.num_classes + 1  # label 0 is background
-    role = cfg.train.role
-    mcfg = cfg.teacher if role == "teacher" else cfg.student
-    model = build_model(mcfg, num_classes, cfg.data, role)
-    if mcfg.weights:
-        load_weights(model, mcfg.weights, f"{role}.weights")
-    teacher = losses = None
-    methods = method_params(cfg) if role == "student" else {}
-    if methods:
-        teacher = load_teacher(cfg, num_classes).to(device)
-        model.to(device)
-        channels = probe_channels(model, teacher, cfg.distill.levels, FEATURE_MODULES[mcfg.detector])
-        losses = FeatureDistillation(methods, channels)
-    distiller = Distiller(model, teacher, losses, cfg.distill.levels, FEATURE_MODULES[mcfg.detector]).to(device)
-    return train_ds, val_ds, distiller
+def _groups(run: Run) -> list[int] | None:
+    return run.train_set.aspect_groups() if run.cfg.data.group_by_aspect else None
 
 
-def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def build_optimization(run: Run) -> None:
+    """Iterations, parameter groups, optimizer, learning-rate schedule, grad scaler and EMA."""
+    cfg, s, d = run.cfg, run.cfg.schedule, run.cfg.data
+    run.iters_per_epoch = EpochBatchSampler.batches_per_epoch(len(run.train_set), d.batch_size, run.info.world_size, _groups(run))
+    if run.iters_per_epoch == 0:
+        raise ConfigError(f"data.batch_size={d.batch_size} is larger than the {len(run.train_set)} training images per process")
+    epochs, steps = s.epochs, list(s.steps)
+    if cfg.role == "teacher" and s.teacher_epochs:
+        steps, epochs = [round(x * s.teacher_epochs / s.epochs) for x in steps], s.teacher_epochs
+    run.total = epochs * run.iters_per_epoch
+    if cfg.trainer.max_iters is not None:
+        run.total = min(run.total, cfg.trainer.max_iters)
+    groups = param_groups(run.distiller.trainable_modules(), weight_decay=s.weight_decay,
+                          no_decay_norm_bias=s.no_decay_norm_bias, no_decay_keys=s.no_decay_keys)
+    run.optimizer = build_optimizer(groups, name=s.optimizer, lr=s.lr, momentum=s.momentum, nesterov=s.nesterov,
+                                    betas=tuple(s.betas), weight_decay=s.weight_decay)
+    run.scheduler = build_scheduler(run.optimizer, policy=s.policy, total_iters=max(run.total, 1), warmup_iters=s.warmup_iters,
+                                    warmup_ratio=s.warmup_ratio, milestones=[x * run.iters_per_epoch for x in steps],
+                                    gamma=s.gamma, min_lr_ratio=s.min_lr_ratio, power=s.power)
+    run.scaler = torch.amp.GradScaler(run.device.type, enabled=run.amp_dtype == torch.float16)
+    if s.ema_decay is not None:
+        run.ema = build_ema(run.distiller.student, decay=s.ema_decay, ramp=s.ema_ramp)
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+# ----------------------------------------------------------------------------- checkpoints
 
 
-def _amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
-    if mode == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[mode]
+def save(run: Run, iteration: int, finished: bool) -> None:
+    """Write the checkpoint (main process only), atomically."""
+    if not run.info.is_main:
+        return
+    distiller = run.distiller
+    atomic_save({
+        "model": distiller.student.state_dict(),
+        "ema": run.ema.state_dict() if run.ema is not None else None,
+        "distill": distiller.losses.state_dict() if distiller.losses is not None else None,
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "rng": rng_state(),
+        "iteration": iteration,
+        "total_iters": run.total,
+        "finished": finished,
+        "role": run.cfg.role,
+        "family": run.family.name,
+        "model_config": options_dict(run.cfg.model),
+        "num_classes": run.train_set.num_classes,
+        "label_to_category": {int(k): int(v) for k, v in run.train_set.label_to_category.items()},
+        "config": run.plain,
+        "config_digest": run.digest,
+        "code_version": code_version(),
+        "saved_at": now(),
+    }, run.run_dir / CHECKPOINT)
+
+
+def resume_or_start(run: Run) -> None:
+    """Resume from the run directory's checkpoint (same config only), or start (inheriting if asked)."""
+    from dfd.models import read_checkpoint
+
+    path = run.run_dir / CHECKPOINT
+    if not path.is_file():
+        if run.cfg.distilling and run.cfg.distill.inherit:
+            prefixes = get_family(run.cfg.student.family).inherit_prefixes
+            copied = inherit_matching(run.distiller.student, run.distiller.teacher.state_dict(), prefixes)
+            log.info("inherited %d tensors of the teacher's neck and head", len(copied))
+        return
+    ckpt = read_checkpoint(path, "checkpoint")
+    if ckpt.get("config_digest") != run.digest:
+        diff = config_diff(ckpt.get("config", {}), run.plain)
+        raise ConfigError(f"{path} belongs to a run with another config ({'; '.join(diff[:6])}); use a new run directory")
+    run.distiller.student.load_state_dict(ckpt["model"])
+    if run.distiller.losses is not None and ckpt.get("distill") is not None:
+        run.distiller.losses.load_state_dict(ckpt["distill"])
+    if run.ema is not None and ckpt.get("ema") is not None:
+        run.ema.load_state_dict(ckpt["ema"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    run.scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"])
+    run.start = int(ckpt["iteration"])
+    log.info("resuming %s from iteration %d of %d", run.run_dir, run.start, run.total)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def epoch_loader(run: Run, epoch: int, offset: int) -> DataLoader:
+    """The loader of one epoch from batch ``offset`` on; its order is a function of (seed, epoch) only."""
+    d = run.cfg.data
+    sampler = EpochBatchSampler(len(run.train_set), d.batch_size, seed=run.cfg.seed, epoch=epoch, rank=run.info.rank,
+                                world_size=run.info.world_size, start=offset, groups=_groups(run))
+    return DataLoader(run.train_set, batch_sampler=sampler, collate_fn=collate, num_workers=d.num_workers,
+                      pin_memory=run.device.type == "cuda")
+
+
+def step(run: Run, train_model: nn.Module, images, targets, iteration: int) -> dict[str, torch.Tensor]:
+    """One optimisation step; returns the loss terms (with ``loss/total``)."""
+    batch = run.distiller.prepare(images, targets, run.device)
+    with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
+        terms = train_model(batch)
+    loss = sum(terms.values())
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss is {loss.item()} at iteration {iteration}: "
+                                 + ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items()))
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    if run.cfg.schedule.clip_grad:
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_([p for g in run.optimizer.param_groups for p in g["params"]], run.cfg.schedule.clip_grad)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.scheduler.step()
+    if run.ema is not None:
+        run.ema.update_parameters(run.distiller.student)
+    return {**terms, "total": loss}
+
+
+def _log_values(terms: dict[str, torch.Tensor], run: Run, epoch: int) -> dict[str, float]:
+    values = {(k if k.startswith("distill/") else f"loss/{k}"): v.item() for k, v in terms.items()}
+    values.update({f"lr/{k}": v for k, v in current_lrs(run.optimizer).items()}, epoch=epoch)
+    return values
+
+
+def train(run: Run, logger: RunLogger) -> dict[str, float]:
+    """Train from ``run.start`` to ``run.total``; periodic checkpoints; returns the last logged values."""
+    from tqdm import tqdm
+
+    train_model: nn.Module = run.distiller
+    if run.info.enabled:
+        ids = [run.device.index] if run.device.type == "cuda" else None
+        train_model = nn.parallel.DistributedDataParallel(run.distiller, device_ids=ids)
+    bar = tqdm(total=run.total, initial=run.start, desc=f"{run.cfg.role} {run.run_dir.name}", dynamic_ncols=True,
+               disable=not (run.cfg.trainer.progress and run.info.is_main), mininterval=0.5 if sys.stderr.isatty() else 30.0)
+    last: dict[str, float] = {}
+    it, t_loop = run.start, time.perf_counter()
+    train_model.train()
+    try:
+        while it < run.total:
+            epoch, offset = divmod(it, run.iters_per_epoch)
+            for images, targets in epoch_loader(run, epoch, offset):
+                if it >= run.total:
+                    break
+                terms = step(run, train_model, images, targets, it)
+                it += 1
+                bar.update(1)
+                if it % run.cfg.trainer.log_interval == 0 or it == run.total:
+                    last = _log_values(terms, run, epoch)
+                    logger.log(last, step=it)
+                    bar.set_postfix(loss=f"{last['loss/total']:.3f}")
+                if it % run.cfg.trainer.checkpoint_interval == 0 and it < run.total:
+                    save(run, it, finished=False)
+    finally:
+        bar.close()
+    seconds, steps = time.perf_counter() - t_loop, it - run.start
+    run.timings.update(train_s=round(seconds, 3), step_s=round(seconds / steps, 4) if steps else None,
+                       iterations=run.total, iterations_this_process=steps)
+    return {k: v for k, v in last.items() if k.startswith(("loss/", "distill/"))}
+
+
+def evaluate(run: Run) -> dict[str, float | None]:
+    """Every rank evaluates its share of the validation set with the evaluated weights."""
+    t = time.perf_counter()
+    d = run.cfg.data
+    metrics = evaluate_model(run.model, run.val_set, run.family.task, batch_size=d.eval_batch_size, num_workers=d.num_workers,
+                             device=run.device, amp_dtype=run.amp_dtype, info=run.info, progress=run.cfg.trainer.progress)
+    run.timings["eval_s"] = round(time.perf_counter() - t, 3)
+    return metrics
 
 
 # ----------------------------------------------------------------------------- the run
 
 
-def finished_record(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
+def finished_record(cfg: Config, run_dir: Path, digest: str) -> dict[str, Any] | None:
     """The metrics of a finished run in ``run_dir`` with this config, or None; another config there is an error."""
     path = run_dir / METRICS_FILE
     if not path.is_file():
         return None
-    record = json.loads(path.read_text())
-    if record.get("config_digest") == config_digest(cfg):
+    record = read_json(path)
+    if record.get("config_digest") == digest:
         return record
     if cfg.trainer.overwrite:
         path.rename(path.with_name(f"metrics.replaced-{time.strftime('%Y%m%d-%H%M%S')}.json"))
@@ -218,194 +293,52 @@ def finished_record(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
                       "or trainer.overwrite=true to redo it (the old metrics.json is kept renamed)")
 
 
-def run_training(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
+def objective(cfg: Config, record: dict[str, Any]) -> float | None:
+    """The metric a run returns to a Hydra sweeper: ``trainer.objective``, or its task's primary metric."""
+    key = cfg.trainer.objective or primary_metric(get_family(cfg.model.family).task)
+    return (record.get("metrics") or {}).get(key)
+
+
+def run_training(cfg: Config | DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     """Train (and evaluate) the teacher or the student of ``cfg`` in ``run_dir``; return the metrics record.
 
     A finished run with the same config is not redone; an interrupted one resumes from
     ``checkpoints/last.pth``.
     """
-    validate(cfg)
+    cfg = load_config(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    done = finished_record(cfg, run_dir)
+    done = finished_record(cfg, run_dir, config_digest(to_plain(cfg)))
     if done is not None:
         log.info("%s already holds this finished run; nothing to do", run_dir)
         return done
-
     t_start = time.perf_counter()
-    info = init_distributed("cuda" if cfg.trainer.device.startswith("cuda") or (cfg.trainer.device == "auto" and torch.cuda.is_available()) else "cpu")
-    device = resolve_device(cfg.trainer.device, info)
-    amp_dtype = _amp_dtype(cfg.trainer.amp, device)
-    if cfg.trainer.threads:
-        torch.set_num_threads(cfg.trainer.threads)
-    torch.manual_seed(cfg.seed + info.rank)
-    random.seed(cfg.seed + info.rank)
-
-    train_ds, val_ds, distiller = build_components(cfg, device)
-    model, teacher, losses = distiller.student, distiller.teacher, distiller.losses
-    d, role = cfg.data, cfg.train.role
-    mcfg = cfg.teacher if role == "teacher" else cfg.student
-    num_classes = train_ds.num_classes + 1
-
-    params = distiller.trainable_parameters()
-    s = cfg.schedule
-    if s.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
-    else:
-        optimizer = torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-
-    ipe = EpochBatchSampler.batches_per_epoch(len(train_ds), d.batch_size, info.world_size)
-    if ipe == 0:
-        raise ConfigError(f"data.batch_size={d.batch_size} is larger than the {len(train_ds)} training images per process")
-    epochs, steps = s.epochs, list(s.steps)
-    if role == "teacher" and s.teacher_epochs:
-        steps = [round(x * s.teacher_epochs / s.epochs) for x in steps]
-        epochs = s.teacher_epochs
-    total, milestones = iteration_plan(epochs, steps, ipe, cfg.trainer.max_iters)
-
-    # resume
-    ckpt_path = run_dir / CHECKPOINT
-    digest = config_digest(cfg)
-    start = 0
-    if ckpt_path.is_file():
-        ckpt = read_checkpoint(ckpt_path, "checkpoint")
-        if ckpt.get("config_digest") != digest:
-            diff = _config_diff(ckpt.get("config", {}), _result_config(cfg))
-            raise ConfigError(f"{ckpt_path} belongs to a run with another config ({'; '.join(diff[:6])}); "
-                              "use a new run directory")
-        distiller.student.load_state_dict(ckpt["model"])
-        if losses is not None and ckpt.get("distill") is not None:
-            losses.load_state_dict(ckpt["distill"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        _set_rng_state(ckpt["rng"])
-        start = int(ckpt["iteration"])
-        log.info("resuming %s from iteration %d of %d", run_dir, start, total)
-    elif cfg.distill.inherit and teacher is not None:
-        copied = inherit_matching(model, teacher.state_dict(), ("backbone.fpn.", "head."))
-        log.info("inherited %d tensors of the teacher's neck and head", len(copied))
-
-    train_model: nn.Module = distiller
-    if info.enabled:
-        train_model = nn.parallel.DistributedDataParallel(distiller, device_ids=[device.index] if device.type == "cuda" else None)
-
-    experiment = experiment_info(cfg)
-    plain_cfg = OmegaConf.to_container(cfg, resolve=True)
-    logger = RunLogger(
-        run_dir, plain_cfg, kind=cfg.logger.kind, project=cfg.logger.project, entity=cfg.logger.entity, mode=cfg.logger.mode,
-        name=_run_name(experiment, run_dir), group=f"table{experiment['table']}" if experiment["table"] else None,
-        tags=[*experiment["methods"], role, f"scale:{experiment['scale']}", *( [f"row:{experiment['row']}"] if experiment["row"] else []), *cfg.logger.tags],
-        enabled=info.is_main,
-    )
-
-    def save(iteration: int, finished: bool) -> None:
-        if not info.is_main:
-            return
-        atomic_save(
-            {
-                "model": distiller.student.state_dict(),
-                "distill": losses.state_dict() if losses is not None else None,
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(),
-                "rng": _rng_state(),
-                "iteration": iteration,
-                "total_iters": total,
-                "finished": finished,
-                "role": role,
-                "model_config": OmegaConf.to_container(mcfg, resolve=True),
-                "num_classes": num_classes,
-                "label_to_category": {int(k): int(v) for k, v in train_ds.label_to_category.items()},
-                "config": _result_config(cfg),
-                "config_digest": digest,
-                "code_version": code_version(),
-                "saved_at": now(),
-            },
-            ckpt_path,
-        )
-
-    # train
-    from tqdm import tqdm
-
-    last: dict[str, float] = {}
-    bar = tqdm(total=total, initial=start, desc=f"{role} {run_dir.name}", disable=not (cfg.trainer.progress and info.is_main),
-               dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30.0)  # sparse in log files
-    train_model.train()
-    it = start
-    t_loop = time.perf_counter()
+    info, device = setup_process(cfg)
+    run = build_run(cfg, run_dir, info, device)
+    if info.is_main:
+        atomic_write_text(run_dir / CONFIG_FILE, OmegaConf.to_yaml(run.plain))
+    build_optimization(run)
+    resume_or_start(run)
+    logger = RunLogger.for_run(run_dir, cfg, run.plain, enabled=info.is_main)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    try:
-        while it < total:
-            epoch, offset = divmod(it, ipe)
-            sampler = EpochBatchSampler(len(train_ds), d.batch_size, seed=cfg.seed, epoch=epoch, rank=info.rank, world_size=info.world_size, start=offset)
-            # A generator of its own, so creating the loader draws nothing from the global RNG (exact resumption)
-            loader = DataLoader(train_ds, batch_sampler=sampler, collate_fn=collate, num_workers=d.num_workers,
-                                pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
-            for images, targets in loader:
-                if it >= total:
-                    break
-                lr = s.lr * lr_factor(it, warmup_iters=s.warmup_iters, warmup_ratio=s.warmup_ratio, milestones=milestones, gamma=s.gamma)
-                for g in optimizer.param_groups:
-                    g["lr"] = lr
-                images = [im.to(device, non_blocking=True) for im in images]
-                targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    loss_terms = train_model(images, targets)
-                loss = sum(loss_terms.values())
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss is {loss.item()} at iteration {it}: " + ", ".join(f"{k}={v.item():.4g}" for k, v in loss_terms.items()))
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if s.clip_grad:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(params, s.clip_grad)
-                scaler.step(optimizer)
-                scaler.update()
-                it += 1
-                bar.update(1)
-                if it % cfg.trainer.log_interval == 0 or it == total:
-                    last = {_loss_key(k): v.item() for k, v in loss_terms.items()}
-                    last["loss/total"] = loss.item()
-                    logger.log({**last, "lr": lr, "epoch": epoch}, step=it)
-                    bar.set_postfix(loss=f"{last['loss/total']:.3f}", lr=f"{lr:.2g}")
-                if it % cfg.trainer.checkpoint_interval == 0 and it < total:
-                    save(it, finished=False)
-    finally:
-        bar.close()
-    train_s = time.perf_counter() - t_loop
-    steps_run = it - start
-    save(it, finished=True)
+    losses = train(run, logger)
+    save(run, run.total, finished=True)
     barrier(info)
-
-    timings: dict[str, Any] = {"train_s": round(train_s, 3), "step_s": round(train_s / steps_run, 4) if steps_run else None,
-                               "iterations": total, "iterations_this_process": steps_run}
     if device.type == "cuda":
-        timings["peak_mem_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
-    metrics: dict[str, Any] = {}
-    if cfg.trainer.evaluate and info.is_main:
-        t_eval = time.perf_counter()
-        val_loader = DataLoader(val_ds, batch_size=d.eval_batch_size, shuffle=False, collate_fn=collate, num_workers=d.num_workers)
-        metrics = evaluate_detector(distiller.student, val_loader, val_ds, device=device, amp_dtype=amp_dtype, progress=cfg.trainer.progress)
-        timings["eval_s"] = round(time.perf_counter() - t_eval, 3)
-    timings["total_s"] = round(time.perf_counter() - t_start, 3)
+        run.timings["peak_mem_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
+    metrics = evaluate(run) if cfg.trainer.evaluate else {}
+    run.timings["total_s"] = round(time.perf_counter() - t_start, 3)
     record: dict[str, Any] = {}
     if info.is_main:
-        logger.log({k: v for k, v in metrics.items() if v is not None}, step=it)
-        logger.summary({**metrics, **{f"time/{k}": v for k, v in timings.items()}})
-        record = write_metrics(run_dir, metrics=metrics, losses=last, timings=timings, experiment=experiment,
-                               version=code_version(), config_digest=digest)
+        logger.log({k: v for k, v in metrics.items() if v is not None}, step=run.total)
+        logger.summary({**metrics, **{f"time/{k}": v for k, v in run.timings.items()}})
+        record = write_metrics(run_dir, metrics=metrics, losses=losses, timings=run.timings, experiment=experiment_info(cfg),
+                               version=code_version(), config_digest=run.digest)
         log.info("finished %s: %s", run_dir, ", ".join(f"{k}={v:.2f}" for k, v in metrics.items() if v is not None))
     logger.finish()
     barrier(info)
     return record
 
 
-def _loss_key(name: str) -> str:
-    return name if name.startswith("distill/") else f"loss/{name}"
-
-
-def _run_name(experiment: dict[str, Any], run_dir: Path) -> str:
-    if experiment["table"] is not None:
-        return f"table{experiment['table']}-{experiment['row']}-seed{experiment['seed']}"
-    return f"{experiment['role']}-{run_dir.name}"
+__all__ = ["Run", "finished_record", "objective", "run_training"]

@@ -1,48 +1,74 @@
-"""Teacher and student builders and the taps that name the distilled features."""
-from __future__ import annotations
+"""Model families (plug-ins), their backbones, and loading weights.
 
-from typing import Any
+Importing this package registers every family module below in :data:`FAMILIES`.
+"""
+from __future__ import annotations
 
 from torch import nn
 
+from . import retinanet  # noqa: F401  (registers the family)
 from .backbones import BACKBONES, NORMS, build_backbone
 from .errors import ComponentNotImplemented, WeightsError
-from .retinanet import RETINANET_LEVELS, build_retinanet
-from .taps import FEATURE_MODULES, FeatureTaps, freeze, select_levels, teacher_features
+from .family import (
+    FAMILIES,
+    Batch,
+    Family,
+    InputSpec,
+    ModelOptions,
+    OptionError,
+    StepOutput,
+    TaskModel,
+    arch_options,
+    freeze,
+    get_family,
+    options_from_dict,
+    prepare_batch,
+    register_family,
+    select_maps,
+)
 from .weights import fit_state_dict, inherit_matching, load_weights, read_checkpoint, state_dict_of
 
-DETECTORS = {"retinanet": build_retinanet}
-DETECTOR_LEVELS = {"retinanet": RETINANET_LEVELS}
 
+def build_model(options, num_classes: int, key: str = "model") -> nn.Module:
+    """The model ``options`` describe (``options.family`` picks the family), with ``options.weights`` loaded.
 
-def build_detector(detector: str, backbone: str, num_classes: int, key: str = "model", **kwargs: Any) -> nn.Module:
-    """Build a detector by name; names of detectors not built yet raise ComponentNotImplemented."""
-    if detector not in DETECTORS:
-        raise ComponentNotImplemented(
-            f"{key}.detector={detector!r} is not implemented (available: {', '.join(DETECTORS)})"
-        )
-    return DETECTORS[detector](backbone, num_classes, **kwargs)
+    ``key`` (``teacher`` / ``student``) names the config node in errors.
+    """
+    family = get_family(options.family, key)
+    try:
+        model = family.build(options, num_classes)
+    except (OSError, RuntimeError) as err:  # e.g. pretrained trunk weights that cannot be downloaded here
+        raise WeightsError(f"{key}: building {options.family} failed while fetching pretrained weights: {err}") from err
+    if options.weights:
+        load_weights(model, options.weights, f"{key}.weights")
+    return model
 
 
 __all__ = [
     "BACKBONES",
-    "DETECTORS",
-    "DETECTOR_LEVELS",
-    "FEATURE_MODULES",
+    "FAMILIES",
     "NORMS",
-    "RETINANET_LEVELS",
+    "Batch",
     "ComponentNotImplemented",
-    "FeatureTaps",
+    "Family",
+    "InputSpec",
+    "ModelOptions",
+    "OptionError",
+    "StepOutput",
+    "TaskModel",
     "WeightsError",
+    "arch_options",
     "build_backbone",
-    "build_detector",
-    "build_retinanet",
+    "build_model",
     "fit_state_dict",
     "freeze",
+    "get_family",
     "inherit_matching",
     "load_weights",
+    "options_from_dict",
+    "prepare_batch",
     "read_checkpoint",
-    "select_levels",
+    "register_family",
+    "select_maps",
     "state_dict_of",
-    "teacher_features",
 ]

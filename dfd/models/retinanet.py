@@ -1,24 +1,54 @@
-"""RetinaNet (torchvision) with a ResNet/ResNeXt FPN producing P3–P7."""
+"""The RetinaNet family: torchvision's RetinaNet on a ResNet/ResNeXt FPN with levels P3–P7.
+
+Distillable maps: the FPN outputs ``p3``…``p7`` (strides 8…128), the outputs of
+``backbone`` (the trunk and FPN), before the shared classification and box heads, as the
+baselines' public RetinaNet configs distil them (FGD, MGD: ``neck.fpn_convs``; PKD: the neck's
+outputs; see docs/choices.md).
+"""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection import RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
 
-from .backbones import BACKBONES, build_backbone
+from .backbones import BACKBONES
+from .detection import DetectorOptions, anchor_proxies, as_float, image_list, resnet_fpn
+from .family import Batch, Family, OptionError, StepOutput, TaskModel, arch, check_choice, register_family, select_maps
 
 RETINANET_LEVELS = ("p3", "p4", "p5", "p6", "p7")
-_STAGES = ("conv1", "layer1", "layer2", "layer3", "layer4")
+
+
+@dataclass
+class RetinaNetOptions(DetectorOptions):
+    """RetinaNet options; the defaults are mmdetection's ``retinanet_r50_fpn`` (PROTOCOLS.md §1).
+
+    ``p6_from``: P6 = conv3×3/2 on C5 (mmdetection's ``add_extra_convs='on_input'``) or on P5
+    (torchvision's COCO models). Test settings: ``score_thresh``, ``nms_thresh``,
+    ``detections_per_img`` and ``topk_candidates`` (candidates per level before NMS).
+    """
+
+    family: str = "retinanet"
+    p6_from: str = arch("c5")
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.5
+    detections_per_img: int = 100
+    topk_candidates: int = 1000
+
+    def check(self) -> None:
+        super().check()
+        check_choice("p6_from", self.p6_from, ("c5", "p5"))
+        if not 0 <= self.score_thresh < 1:
+            raise OptionError("score_thresh", self.score_thresh, "expected a number in [0, 1)")
 
 
 class P6P7(ExtraFPNBlock):
-    """P6 = conv3×3/2 on C5 (``source="c5"``, the RetinaNet paper and mmdet) or on P5; P7 = conv3×3/2(ReLU(P6)).
+    """P6 = conv3×3/2 on C5 (``source="c5"``) or on P5; P7 = conv3×3/2(ReLU(P6)).
 
     Parameter names match torchvision's ``LastLevelP6P7``, so its checkpoints load.
     """
@@ -40,66 +70,63 @@ class P6P7(ExtraFPNBlock):
         return [*p, p6, p7], [*names, "p6", "p7"]
 
 
-def _freeze_stages(trunk: nn.Module, trainable_layers: int) -> None:
-    if not 0 <= trainable_layers <= 5:
-        raise ValueError(f"trainable_layers must be in 0..5, got {trainable_layers}")
-    trainable = set(_STAGES[5 - trainable_layers :])
-    if trainable_layers == 5:
-        trainable.add("bn1")
-    for name, param in trunk.named_parameters():
-        if not any(name.startswith(stage) for stage in trainable):
-            param.requires_grad_(False)
+class RetinaNetModel(TaskModel, RetinaNet):
+    """torchvision's RetinaNet, spoken to through :class:`TaskModel`.
 
-
-def build_retinanet(
-    backbone: str,
-    num_classes: int,
-    *,
-    fpn_channels: int = 256,
-    p6_from: str = "c5",
-    norm: str = "frozen_bn",
-    backbone_weights: str | None = None,
-    trainable_layers: int = 3,
-    min_size: int = 800,
-    max_size: int = 1333,
-    anchor_sizes: Sequence[int] = (32, 64, 128, 256, 512),
-    score_thresh: float = 0.05,
-    nms_thresh: float = 0.5,
-    detections_per_img: int = 100,
-    topk_candidates: int = 1000,
-) -> RetinaNet:
-    """RetinaNet with FPN outputs named p3..p7 (strides 8..128).
-
-    ``num_classes`` counts label 0 (background, unused by the sigmoid head), as in
-    torchvision's COCO models. ``trainable_layers`` counts ResNet stages from the top
-    (3: layer2–layer4 train, stem and layer1 frozen, as mmdet's ``frozen_stages=1``).
-    ``anchor_sizes`` are the base sizes of P3..P7, each with 3 octave scales and
-    aspect ratios 0.5, 1, 2.
+    Anchors, losses and box decoding run in fp32 whatever the autocast dtype; the trunk, FPN and
+    heads run in it.
     """
-    if len(anchor_sizes) != len(RETINANET_LEVELS):
-        raise ValueError(f"anchor_sizes needs {len(RETINANET_LEVELS)} values (P3..P7), got {list(anchor_sizes)}")
-    trunk = build_backbone(backbone, weights=backbone_weights, norm=norm)
-    _freeze_stages(trunk, trainable_layers)
-    c3, c4, c5 = BACKBONES[backbone].channels[1:]
-    body = BackboneWithFPN(
-        trunk,
-        return_layers={"layer2": "p3", "layer3": "p4", "layer4": "p5"},
-        in_channels_list=[c3, c4, c5],
-        out_channels=fpn_channels,
-        extra_blocks=P6P7(c5 if p6_from == "c5" else fpn_channels, fpn_channels, p6_from),
-    )
-    sizes = tuple((s, int(s * 2 ** (1 / 3)), int(s * 2 ** (2 / 3))) for s in anchor_sizes)
+
+    def _head(self, batch: Batch) -> tuple[dict[str, Tensor], list[Tensor], dict[str, Tensor]]:
+        maps = self.backbone(batch.images)
+        features = list(maps.values())
+        head = as_float(self.head(features))
+        anchors = self.anchor_generator(image_list(batch), anchor_proxies(features))
+        return maps, anchors, head
+
+    def train_step(self, batch: Batch) -> StepOutput:
+        maps, anchors, head = self._head(batch)
+        with torch.autocast(batch.images.device.type, enabled=False):
+            losses = self.compute_loss(batch.targets, head, anchors)
+        return StepOutput(losses, dict(maps))
+
+    def distill_maps(self, batch: Batch, names) -> dict[str, Tensor]:
+        return select_maps(self.backbone(batch.images), names)
+
+    def predict(self, batch: Batch) -> list[dict[str, Tensor]]:
+        maps, anchors, head = self._head(batch)
+        per_level = [m.shape[-2] * m.shape[-1] for m in maps.values()]
+        a = head["cls_logits"].shape[1] // sum(per_level)
+        sizes = [n * a for n in per_level]
+        split_head = {k: list(v.split(sizes, dim=1)) for k, v in head.items()}
+        split_anchors = [list(x.split(sizes)) for x in anchors]
+        with torch.autocast(batch.images.device.type, enabled=False):
+            return self.postprocess_detections(split_head, split_anchors, batch.image_sizes)
+
+
+def build_retinanet(options: RetinaNetOptions, num_classes: int) -> RetinaNetModel:
+    """RetinaNet for ``num_classes`` categories (labels 1..K; label 0 is unused by the sigmoid head,
+    as in torchvision's COCO models, so their weights load). Each level's anchors have 3 octave
+    scales (×2^0, ×2^(1/3), ×2^(2/3)) and aspect ratios 0.5, 1, 2."""
+    c5 = BACKBONES[options.backbone].channels[-1]
+    extra = P6P7(c5 if options.p6_from == "c5" else options.fpn_channels, options.fpn_channels, options.p6_from)
+    body = resnet_fpn(options, {"layer2": "p3", "layer3": "p4", "layer4": "p5"}, extra)
+    sizes = tuple((s, int(s * 2 ** (1 / 3)), int(s * 2 ** (2 / 3))) for s in options.anchor_sizes)
     anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
-    head = RetinaNetHead(fpn_channels, anchors.num_anchors_per_location()[0], num_classes)
-    return RetinaNet(
-        body,
-        num_classes,
-        min_size=min_size,
-        max_size=max_size,
-        anchor_generator=anchors,
-        head=head,
-        score_thresh=score_thresh,
-        nms_thresh=nms_thresh,
-        detections_per_img=detections_per_img,
-        topk_candidates=topk_candidates,
+    head = RetinaNetHead(options.fpn_channels, anchors.num_anchors_per_location()[0], num_classes + 1)
+    return RetinaNetModel(
+        body, num_classes + 1, anchor_generator=anchors, head=head, score_thresh=options.score_thresh,
+        nms_thresh=options.nms_thresh, detections_per_img=options.detections_per_img,
+        topk_candidates=options.topk_candidates,
     )
+
+
+FAMILY = register_family(Family(
+    name="retinanet",
+    options=RetinaNetOptions,
+    build=build_retinanet,
+    task="detection",
+    levels=RETINANET_LEVELS,
+    default_levels=RETINANET_LEVELS,
+    inherit_prefixes=("backbone.fpn.", "head."),
+))

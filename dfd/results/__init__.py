@@ -10,7 +10,7 @@ or ``dfd.distill``.
 
 from __future__ import annotations
 
-from .formats import latex_escape, log_wandb, records, to_csv, to_latex, to_markdown, write_atomic, write_tables
+from .formats import latex_escape, log_wandb, records, to_csv, to_latex, to_markdown, write_tables
 from .runs import SCALES, RowRuns, SeedResult, read_row, read_seed, row_dir, seed_dir
 from .spec import GroupSpec, MetricSpec, RowSpec, SpecError, TableSpec, load_spec, spec_path
 from .tables import Cell, CollectedRow, CollectedTable, collect_table
@@ -40,6 +40,5 @@ __all__ = [
     "to_csv",
     "to_latex",
     "to_markdown",
-    "write_atomic",
     "write_tables",
 ]

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from dfd.rundir import atomic_write_text
 
 from .tables import CollectedRow, CollectedTable
 
@@ -23,7 +23,6 @@ __all__ = [
     "to_csv",
     "to_latex",
     "to_markdown",
-    "write_atomic",
     "write_tables",
 ]
 
@@ -257,34 +256,6 @@ def to_latex(table: CollectedTable) -> str:
 # --------------------------------------------------------------------------- files and W&B
 
 
-def _file_mode(path: Path) -> int:
-    """Keep an existing file's mode; otherwise 0o666 minus the umask (mkstemp makes 0o600)."""
-    try:
-        return path.stat().st_mode & 0o777
-    except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
-
-
-def write_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, _file_mode(path))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _scale_of(md_path: Path) -> str | None:
     """The scale a collected Markdown table was built at (its "- Scale: X" header line)."""
     if not md_path.is_file():
@@ -310,9 +281,9 @@ def write_tables(table: CollectedTable, out_dir: str | Path) -> dict[str, Path]:
     out_dir = Path(out_dir)
     stem = output_stem(table, out_dir)
     return {
-        "md": write_atomic(out_dir / f"{stem}.md", to_markdown(table)),
-        "csv": write_atomic(out_dir / f"{stem}.csv", to_csv(table)),
-        "tex": write_atomic(out_dir / f"{stem}.tex", to_latex(table)),
+        "md": atomic_write_text(out_dir / f"{stem}.md", to_markdown(table)),
+        "csv": atomic_write_text(out_dir / f"{stem}.csv", to_csv(table)),
+        "tex": atomic_write_text(out_dir / f"{stem}.tex", to_latex(table)),
     }
 
 

@@ -9,11 +9,12 @@ lies is reported as an error, never used.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from dfd.rundir import FAILED_FILE, METRICS_FILE, NOT_IMPLEMENTED_FILE, SCALES, read_json, row_dir, seed_dir
 
 __all__ = [
     "SCALES",
@@ -26,7 +27,6 @@ __all__ = [
     "seed_dir",
 ]
 
-SCALES = ("smoke", "full")
 SeedStatus = Literal["finished", "failed", "incomplete", "missing", "error"]
 
 
@@ -74,23 +74,6 @@ class RowRuns:
         return [s for s in self.seeds if s.status == status]
 
 
-def row_dir(runs_root: str | Path, scale: str, table: int, row_id: str) -> Path:
-    """``<runs_root>/<scale>/table<N>/<row_id>``."""
-    return Path(runs_root) / scale / f"table{table}" / row_id
-
-
-def seed_dir(runs_root: str | Path, scale: str, table: int, row_id: str, seed: int) -> Path:
-    """``<runs_root>/<scale>/table<N>/<row_id>/seed<S>``."""
-    return row_dir(runs_root, scale, table, row_id) / f"seed{seed}"
-
-
-def _load_json(path: Path) -> dict[str, Any]:
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict):
-        raise ValueError("top level is not a JSON object")
-    return data
-
-
 def _norm_table(value: Any) -> str:
     return str(value).strip().lower().removeprefix("table")
 
@@ -116,11 +99,11 @@ def read_seed(runs_root: str | Path, scale: str, table: int, row_id: str, seed: 
     path = seed_dir(runs_root, scale, table, row_id, seed)
     if not path.is_dir():
         return SeedResult(seed=seed, status="missing", path=path)
-    metrics_file, failed_file = path / "metrics.json", path / "failed.json"
+    metrics_file, failed_file = path / METRICS_FILE, path / FAILED_FILE
     expected = {"table": table, "row": row_id, "seed": seed, "scale": scale}
     if metrics_file.is_file():  # a finished run wins over an older failure marker
         try:
-            data = _load_json(metrics_file)
+            data = read_json(metrics_file)
         except (OSError, ValueError) as exc:
             return SeedResult(seed, "error", path, error=f"{metrics_file}: unreadable ({exc})")
         if data.get("status", "finished") != "finished":
@@ -142,7 +125,7 @@ def read_seed(runs_root: str | Path, scale: str, table: int, row_id: str, seed: 
         )
     if failed_file.is_file():
         try:
-            data = _load_json(failed_file)
+            data = read_json(failed_file)
         except (OSError, ValueError) as exc:
             return SeedResult(seed, "failed", path, error=f"unreadable failed.json ({exc})")
         experiment = data.get("experiment") if isinstance(data.get("experiment"), dict) else {}
@@ -157,10 +140,10 @@ def read_row(
     """Read the requested seeds of one row and its ``not_implemented.json``, if any."""
     path = row_dir(runs_root, scale, table, row_id)
     not_implemented = None
-    marker = path / "not_implemented.json"
+    marker = path / NOT_IMPLEMENTED_FILE
     if marker.is_file():
         try:
-            not_implemented = str(_load_json(marker).get("error") or "not implemented")
+            not_implemented = str(read_json(marker).get("error") or "not implemented")
         except (OSError, ValueError) as exc:
             not_implemented = f"unreadable not_implemented.json ({exc})"
     results = [read_seed(runs_root, scale, table, row_id, seed) for seed in seeds]

@@ -117,8 +117,8 @@ class TableSpec:
 
 
 def default_experiments_dir() -> Path:
-    """``<repo>/experiments``, where the repo root is the parent of the ``dfd`` package."""
-    return Path(__file__).resolve().parents[2] / "experiments"
+    """The table specs shipped with the package: ``dfd/experiments`` (in a checkout, a link to ``<repo>/experiments``)."""
+    return Path(__file__).resolve().parents[1] / "experiments"
 
 
 def spec_path(number: int, experiments_dir: str | Path | None = None) -> Path:
