@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 from conftest import CONF, compose_config
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -15,13 +16,9 @@ from dfd.results.spec import load_all_specs
 
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
-# Options naming components this repository does not build yet.
-NOT_BUILT = {
-    ("teacher", n) for n in ("faster_rcnn_r101", "faster_rcnn_x101", "mask_rcnn_x101", "cascade_mask_rcnn_x101",
-                             "reppoints_x101", "mask_rcnn_swin_s", "yolov6_s", "simplebaseline_r50", "pspnet_r101")
-} | {
-    ("student", n) for n in ("faster_rcnn_r50", "reppoints_r50", "mask_rcnn_swin_t", "yolov6_t", "simplebaseline_mobilenetv2", "pspnet_r18")
-} | {("data", "coco_keypoints"), ("data", "cityscapes")}
+# Options naming components this repository does not build yet (their model files say so).
+NOT_BUILT = {(g, o) for g, o in OPTIONS if g in ("teacher", "student") and "/family/planned@_here_" in (CONF / g / f"{o}.yaml").read_text()}
+NOT_BUILT |= {("data", "coco_keypoints"), ("data", "cityscapes")}
 
 
 @pytest.fixture()
@@ -129,4 +126,4 @@ def test_every_table_row_composes(spec, ckpt_file: Path, tmp_path: Path) -> None
         for ov in row.overrides:
             key, value = ov.split("=", 1)
             if "." in key:
-                assert str(OmegaConf.select(cfg, key)) == value, (row.id, ov)
+                assert OmegaConf.select(cfg, key) == OverridesParser.create().parse_override(ov).value(), (row.id, ov)

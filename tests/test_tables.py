@@ -29,9 +29,10 @@ def _env(cache: Path) -> dict[str, str]:
 def test_plan_separates_runnable_from_not_implemented(tmp_path: Path) -> None:
     plan = plan_table(load_spec(2), runs_root=tmp_path, scale="smoke", seeds=[0], base=["scale=smoke"], compose=_compose)
     runnable = [r for rows in plan.to_run.values() for r in rows]
-    assert sorted(runnable) == sorted(["retinanet_student", "retinanet_fgd", "retinanet_mgd", "retinanet_pkd", "retinanet_ours"])
-    assert plan.to_run[None] == ["retinanet_student"]  # no teacher needed
-    assert len(plan.not_implemented) == 10
+    assert sorted(runnable) == sorted(["retinanet_student", "retinanet_fgd", "retinanet_mgd", "retinanet_pkd", "retinanet_ours",
+                                       "faster_rcnn_student"])
+    assert plan.to_run[None] == ["retinanet_student", "faster_rcnn_student"]  # no teacher needed
+    assert len(plan.not_implemented) == 9  # the Cascade Mask R-CNN teacher and RepPoints are not built yet
     assert all("is not implemented" in why for why in plan.not_implemented.values())
     assert len(plan.teachers) == 1 and next(iter(plan.teachers)).startswith("retinanet_x101_64x4d-")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from . import retinanet  # noqa: F401  (registers the family)
+from . import faster_rcnn, retinanet  # noqa: F401  (each registers its family)
 from .backbones import BACKBONES, NORMS, build_backbone
 from .errors import ComponentNotImplemented, WeightsError
 from .family import (

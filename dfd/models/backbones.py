@@ -17,6 +17,16 @@ class BackboneSpec:
     channels: tuple[int, int, int, int]  # C2..C5 widths
 
 
+def resnext101_32x4d(*, weights=None, **kwargs) -> nn.Module:
+    """ResNeXt-101 32x4d (groups 32, width 4 per group): mmdetection's X101 of the Faster/Mask/Cascade
+    R-CNN and RepPoints teachers. torchvision publishes no ImageNet weights for it: train from scratch
+    or load a converted checkpoint."""
+    if weights is not None:
+        raise WeightsError("resnext101_32x4d has no torchvision weights; set backbone_weights=null and load a checkpoint")
+    return torchvision.models.resnet.ResNet(torchvision.models.resnet.Bottleneck, [3, 4, 23, 3], groups=32,
+                                            width_per_group=4, **kwargs)
+
+
 _BASIC = (64, 128, 256, 512)
 _BOTTLENECK = (256, 512, 1024, 2048)
 
@@ -25,6 +35,7 @@ BACKBONES: dict[str, BackboneSpec] = {
     "resnet34": BackboneSpec(torchvision.models.resnet34, _BASIC),
     "resnet50": BackboneSpec(torchvision.models.resnet50, _BOTTLENECK),
     "resnet101": BackboneSpec(torchvision.models.resnet101, _BOTTLENECK),
+    "resnext101_32x4d": BackboneSpec(resnext101_32x4d, _BOTTLENECK),
     "resnext101_32x8d": BackboneSpec(torchvision.models.resnext101_32x8d, _BOTTLENECK),
     "resnext101_64x4d": BackboneSpec(torchvision.models.resnext101_64x4d, _BOTTLENECK),
 }
