@@ -48,6 +48,8 @@ def test_teacher_then_dfd_student_through_the_entry_point(tmp_path: Path, teache
     assert all(v is None or 0.0 <= v <= 100.0 for v in record["metrics"].values())
     assert {"distill/dfd/hd", "distill/dfd/ld", "loss/classification"} <= set(record["losses"])
     assert record["experiment"]["methods"] == ["dfd"] and record["timings"]["iterations"] == 3
+    # smoke's lr 1e-3 is for a batch of 4 (schedule.base_batch): one process with 2 images gets half
+    assert record["optimization"] == {"lr": 5e-4, "total_batch": 2, "base_lr": 1e-3, "base_batch": 4}
     assert record["code_version"]["version"]
     ckpt = torch.load(run_dir / "checkpoints" / "last.pth", weights_only=True)
     assert ckpt["finished"] and ckpt["iteration"] == 3 and ckpt["distill"]
@@ -200,3 +202,11 @@ def test_the_objective_is_a_config_value() -> None:
     record = {"metrics": {"bbox/AP": 12.5, "bbox/AP50": 30.0}}
     assert objective(load_config(compose_config(["distill=none"])), record) == 12.5
     assert objective(load_config(compose_config(["distill=none", "trainer.objective=bbox/AP50"])), record) == 30.0
+
+
+def test_the_learning_rate_follows_the_total_batch() -> None:
+    from dfd.engine.config import ScheduleConfig, effective_lr
+
+    assert effective_lr(ScheduleConfig(), batch_size=2, world_size=8) == (0.01, 16)  # the public configs' setting
+    assert effective_lr(ScheduleConfig(), batch_size=2, world_size=1) == (0.01 / 8, 2)
+    assert effective_lr(ScheduleConfig(lr=0.02, base_batch=None), batch_size=2, world_size=1) == (0.02, 2)

@@ -24,6 +24,7 @@ from dfd.models import (
     load_weights,
     prepare_batch,
 )
+from dfd.models.detection import image_list as batch_image_list
 from dfd.models.retinanet import RetinaNetOptions, build_retinanet
 
 SMALL = dict(fpn_channels=16, norm="bn", trainable_layers=5, anchor_sizes=[16, 32, 64, 128, 256])
@@ -74,6 +75,27 @@ def test_every_family_keeps_the_contract(option: str) -> None:
     assert list(maps) == list(family.default_levels)
     assert all(maps[k].shape == out.maps[k].shape for k in maps)
     assert len(preds) == 2 and all({"boxes", "scores", "labels"} <= set(p) for p in preds)
+
+
+
+@pytest.mark.parametrize("option", _implemented_options("student"))
+def test_geometry_stays_fp32_under_bf16_autocast(option: str) -> None:
+    """Under bf16 autocast the convolutions run in bf16; anchors, losses and decoded boxes stay fp32."""
+    cfg = load_config(compose_config(["scale=smoke", f"student={option}", "distill=none"]))
+    torch.manual_seed(0)
+    model = build_model(cfg.student, 3, "student")
+    batch = model.prepare(*_data(), "cpu")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model.train()
+        out = model.train_step(batch)
+        model.eval()
+        with torch.no_grad():
+            preds = model.predict(batch)
+    assert any(m.dtype == torch.bfloat16 for m in out.maps.values())  # the network itself does run in bf16
+    assert all(v.dtype == torch.float32 for v in out.losses.values())
+    assert all(p["boxes"].dtype == torch.float32 and p["scores"].dtype == torch.float32 for p in preds)
+    generator = model.rpn.anchor_generator if hasattr(model, "rpn") else model.anchor_generator
+    assert all(a.dtype == torch.float32 for a in generator(batch_image_list(batch), list(out.maps.values())))
 
 
 @pytest.mark.parametrize("name", list(BACKBONES))

@@ -95,7 +95,8 @@ class DataConfig:
 @dataclass
 class ScheduleConfig:
     optimizer: str = "sgd"  # sgd | adamw | adam
-    lr: float = 0.01
+    lr: float = 0.01  # for a total batch of base_batch images
+    base_batch: Optional[int] = 16  # lr is scaled by (processes x data.batch_size) / base_batch; null: never scaled
     momentum: float = 0.9  # sgd
     nesterov: bool = False  # sgd
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])  # adam, adamw
@@ -343,6 +344,8 @@ def _check_schedule(cfg: Config) -> None:
     _choice("schedule.optimizer", s.optimizer, OPTIMIZERS)
     _choice("schedule.policy", s.policy, POLICIES)
     _positive("schedule.lr", s.lr)
+    if s.base_batch is not None:
+        _positive("schedule.base_batch", s.base_batch)
     for key in ("momentum", "weight_decay", "warmup_iters", "min_lr_ratio", "power"):
         _non_negative(f"schedule.{key}", getattr(s, key))
     if len(s.betas) != 2 or not all(0 <= b < 1 for b in s.betas):
@@ -438,3 +441,16 @@ def method_params(cfg: Config) -> dict[str, dict[str, Any]]:
             params.update(dataclasses.asdict(cfg.region), threshold=parse_threshold(cfg.threshold))
         out[m] = params
     return out
+
+
+def effective_lr(schedule: ScheduleConfig, batch_size: int, world_size: int) -> tuple[float, int]:
+    """The learning rate a run uses, and its total batch.
+
+    lr_eff = lr · (world_size · batch_size) / base_batch   (mmdetection's ``auto_scale_lr``, linear rule)
+
+    The public configs' lr is for 16 images (8 GPUs × 2): one GPU with 2 images gets an eighth of it.
+    """
+    total = world_size * batch_size
+    if schedule.base_batch is None:
+        return schedule.lr, total
+    return schedule.lr * total / schedule.base_batch, total

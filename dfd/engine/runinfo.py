@@ -53,12 +53,14 @@ def experiment_info(cfg: Any) -> dict[str, Any]:
     }
 
 
-def write_metrics(run_dir: Path, *, metrics: dict, losses: dict, timings: dict, experiment: dict, version: dict, config_digest: str) -> dict:
+def write_metrics(run_dir: Path, *, metrics: dict, losses: dict, timings: dict, experiment: dict, version: dict, config_digest: str,
+                  optimization: dict | None = None) -> dict:
     """Write ``metrics.json``: the record of a finished run (the only file the table collector trusts)."""
     record = {
         "status": "finished",
         "metrics": metrics,
         "losses": losses,
+        "optimization": optimization or {},
         "timings": timings,
         "code_version": version,
         "experiment": experiment,

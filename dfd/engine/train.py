@@ -26,7 +26,7 @@ from dfd.models import Family, build_model, get_family, inherit_matching
 from dfd.rundir import CHECKPOINT, CONFIG_FILE, METRICS_FILE, atomic_write_text, config_diff, config_digest, read_json
 
 from .checkpoint import atomic_save, load_teacher, options_dict, rng_state, set_rng_state
-from .config import Config, ConfigError, distill_levels, load_config, method_params, to_plain
+from .config import Config, ConfigError, distill_levels, effective_lr, load_config, method_params, to_plain
 from .dist import DistInfo, barrier
 from .distiller import Distiller, probe_channels
 from .evaluate import evaluate_model
@@ -61,6 +61,7 @@ class Run:
     scaler: torch.amp.GradScaler | None = None
     ema: Any = None
     start: int = 0
+    optimization: dict[str, Any] = field(default_factory=dict)  # the effective lr and total batch
     timings: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -117,9 +118,14 @@ def build_optimization(run: Run) -> None:
     run.total = epochs * run.iters_per_epoch
     if cfg.trainer.max_iters is not None:
         run.total = min(run.total, cfg.trainer.max_iters)
+    lr, total_batch = effective_lr(s, d.batch_size, run.info.world_size)
+    run.optimization = {"lr": lr, "total_batch": total_batch, "base_lr": s.lr, "base_batch": s.base_batch}
+    if run.info.is_main:
+        log.info("learning rate %.4g for a total batch of %d (schedule.lr=%g is for schedule.base_batch=%s)",
+                 lr, total_batch, s.lr, s.base_batch)
     groups = param_groups(run.distiller.trainable_modules(), weight_decay=s.weight_decay,
                           no_decay_norm_bias=s.no_decay_norm_bias, no_decay_keys=s.no_decay_keys)
-    run.optimizer = build_optimizer(groups, name=s.optimizer, lr=s.lr, momentum=s.momentum, nesterov=s.nesterov,
+    run.optimizer = build_optimizer(groups, name=s.optimizer, lr=lr, momentum=s.momentum, nesterov=s.nesterov,
                                     betas=tuple(s.betas), weight_decay=s.weight_decay)
     run.scheduler = build_scheduler(run.optimizer, policy=s.policy, total_iters=max(run.total, 1), warmup_iters=s.warmup_iters,
                                     warmup_ratio=s.warmup_ratio, milestones=[x * run.iters_per_epoch for x in steps],
@@ -334,7 +340,7 @@ def run_training(cfg: Config | DictConfig, run_dir: str | os.PathLike) -> dict[s
         logger.log({k: v for k, v in metrics.items() if v is not None}, step=run.total)
         logger.summary({**metrics, **{f"time/{k}": v for k, v in run.timings.items()}})
         record = write_metrics(run_dir, metrics=metrics, losses=losses, timings=run.timings, experiment=experiment_info(cfg),
-                               version=code_version(), config_digest=run.digest)
+                               version=code_version(), config_digest=run.digest, optimization=run.optimization)
         log.info("finished %s: %s", run_dir, ", ".join(f"{k}={v:.2f}" for k, v in metrics.items() if v is not None))
     logger.finish()
     barrier(info)

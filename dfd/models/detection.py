@@ -7,6 +7,7 @@ from typing import List, Optional
 
 import torch
 from torch import Tensor, nn
+from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
@@ -75,13 +76,32 @@ def image_list(batch: Batch) -> ImageList:
     return ImageList(batch.images, batch.image_sizes)
 
 
-def anchor_proxies(features: list[Tensor]) -> list[Tensor]:
-    """Empty float32 stand-ins with each level's grid size: anchors are built in fp32 whatever the autocast dtype.
+def to_float(x):
+    """Tensors in fp32, also inside lists, tuples and dicts."""
+    if isinstance(x, Tensor):
+        return x.float()
+    if isinstance(x, dict):
+        return {k: to_float(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(to_float(v) for v in x)
+    return x
 
-    torchvision's AnchorGenerator reads only the shape, dtype and device of the feature maps.
+
+class FloatOutputs:
+    """Mixin for a head (first among its bases): its layers run in the autocast dtype, its outputs are fp32.
+
+    What follows a head (box decoding, matching, losses, post-processing) then runs in fp32, as
+    mmdetection's ``force_fp32`` heads do; bf16 boxes would lose about a pixel per 100 (geometry).
+    Parameter names are the base class's, so torchvision checkpoints load.
     """
-    return [torch.empty((0, 0, *f.shape[-2:]), dtype=torch.float32, device=f.device) for f in features]
+
+    def forward(self, *args, **kwargs):
+        return to_float(super().forward(*args, **kwargs))
 
 
-def as_float(outputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    return {k: v.float() for k, v in outputs.items()}
+class Fp32AnchorGenerator(AnchorGenerator):
+    """torchvision's AnchorGenerator, always in fp32 (it builds anchors in the feature maps' dtype)."""
+
+    def forward(self, image_list: ImageList, feature_maps: list[Tensor]) -> list[Tensor]:
+        proxies = [torch.empty((0, 0, *f.shape[-2:]), dtype=torch.float32, device=f.device) for f in feature_maps]
+        return super().forward(image_list, proxies)

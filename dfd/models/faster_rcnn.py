@@ -7,9 +7,8 @@ mmdetection's ``num_outs=5`` without extra convs). Distilled by default: P2–P5
 
 The defaults are mmdetection 2.x's ``faster_rcnn_r50_fpn`` (PROTOCOLS.md §2) where torchvision's
 differ: 1000 proposals after NMS in training (torchvision: 2000) and RoIAlign with adaptive
-sampling (``roi_sampling_ratio=0``; torchvision: 2). Known remaining differences, kept for the
-two-stage issue: torchvision's RoIAlign is not ``aligned=True``; its RPN and RoI heads run in the
-autocast dtype.
+sampling (``roi_sampling_ratio=0``; torchvision: 2). A known remaining difference, kept for the
+two-stage issue: torchvision's RoIAlign is not ``aligned=True``.
 """
 from __future__ import annotations
 
@@ -18,13 +17,12 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.models.detection import FasterRCNN
-from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
 
-from .detection import DetectorOptions, image_list, resnet_fpn
+from .detection import DetectorOptions, FloatOutputs, Fp32AnchorGenerator, image_list, resnet_fpn
 from .family import Batch, Family, OptionError, StepOutput, TaskModel, arch, check_positive, register_family, select_maps
 
 FASTER_RCNN_LEVELS = ("p2", "p3", "p4", "p5", "p6")
@@ -76,8 +74,20 @@ class MaxPoolP6(ExtraFPNBlock):
         return [*p, F.max_pool2d(p[-1], kernel_size=1, stride=2, padding=0)], [*names, "p6"]
 
 
+class FloatRPNHead(FloatOutputs, RPNHead):
+    """The RPN head with fp32 objectness and deltas."""
+
+
+class FloatFastRCNNPredictor(FloatOutputs, FastRCNNPredictor):
+    """The box predictor with fp32 class scores and deltas."""
+
+
 class FasterRCNNModel(TaskModel, FasterRCNN):
-    """torchvision's Faster R-CNN, spoken to through :class:`TaskModel`."""
+    """torchvision's Faster R-CNN, spoken to through :class:`TaskModel`.
+
+    Anchors, proposals, matching, losses and box decoding run in fp32 whatever the autocast dtype
+    (fp32 head outputs and anchors); the trunk, FPN, RPN convolution and box head run in it.
+    """
 
     def train_step(self, batch: Batch) -> StepOutput:
         maps = self.backbone(batch.images)
@@ -99,13 +109,13 @@ def build_faster_rcnn(options: FasterRCNNOptions, num_classes: int) -> FasterRCN
     """Faster R-CNN for ``num_classes`` categories (labels 1..K, 0 is the background class)."""
     o = options
     body = resnet_fpn(o, {"layer1": "p2", "layer2": "p3", "layer3": "p4", "layer4": "p5"}, MaxPoolP6())
-    anchors = AnchorGenerator(tuple((s,) for s in o.anchor_sizes), ((0.5, 1.0, 2.0),) * len(o.anchor_sizes))
+    anchors = Fp32AnchorGenerator(tuple((s,) for s in o.anchor_sizes), ((0.5, 1.0, 2.0),) * len(o.anchor_sizes))
     roi_pool = MultiScaleRoIAlign(ROI_LEVELS, output_size=7, sampling_ratio=o.roi_sampling_ratio)
     return FasterRCNNModel(
         body, num_classes=None, rpn_anchor_generator=anchors,
-        rpn_head=RPNHead(o.fpn_channels, anchors.num_anchors_per_location()[0]),
+        rpn_head=FloatRPNHead(o.fpn_channels, anchors.num_anchors_per_location()[0]),
         box_roi_pool=roi_pool, box_head=TwoMLPHead(o.fpn_channels * 7 * 7, o.representation_size),
-        box_predictor=FastRCNNPredictor(o.representation_size, num_classes + 1),
+        box_predictor=FloatFastRCNNPredictor(o.representation_size, num_classes + 1),
         rpn_pre_nms_top_n_train=o.rpn_pre_nms_top_n_train, rpn_pre_nms_top_n_test=o.rpn_pre_nms_top_n_test,
         rpn_post_nms_top_n_train=o.rpn_post_nms_top_n_train, rpn_post_nms_top_n_test=o.rpn_post_nms_top_n_test,
         rpn_nms_thresh=o.rpn_nms_thresh, rpn_fg_iou_thresh=o.rpn_fg_iou_thresh, rpn_bg_iou_thresh=o.rpn_bg_iou_thresh,

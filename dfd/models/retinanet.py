@@ -13,12 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection import RetinaNet
-from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
 
 from .backbones import BACKBONES
-from .detection import DetectorOptions, anchor_proxies, as_float, image_list, resnet_fpn
+from .detection import DetectorOptions, FloatOutputs, Fp32AnchorGenerator, image_list, resnet_fpn
 from .family import Batch, Family, OptionError, StepOutput, TaskModel, arch, check_choice, register_family, select_maps
 
 RETINANET_LEVELS = ("p3", "p4", "p5", "p6", "p7")
@@ -70,6 +69,10 @@ class P6P7(ExtraFPNBlock):
         return [*p, p6, p7], [*names, "p6", "p7"]
 
 
+class FloatRetinaNetHead(FloatOutputs, RetinaNetHead):
+    """RetinaNet's heads with fp32 outputs."""
+
+
 class RetinaNetModel(TaskModel, RetinaNet):
     """torchvision's RetinaNet, spoken to through :class:`TaskModel`.
 
@@ -80,9 +83,7 @@ class RetinaNetModel(TaskModel, RetinaNet):
     def _head(self, batch: Batch) -> tuple[dict[str, Tensor], list[Tensor], dict[str, Tensor]]:
         maps = self.backbone(batch.images)
         features = list(maps.values())
-        head = as_float(self.head(features))
-        anchors = self.anchor_generator(image_list(batch), anchor_proxies(features))
-        return maps, anchors, head
+        return maps, self.anchor_generator(image_list(batch), features), self.head(features)
 
     def train_step(self, batch: Batch) -> StepOutput:
         maps, anchors, head = self._head(batch)
@@ -112,8 +113,8 @@ def build_retinanet(options: RetinaNetOptions, num_classes: int) -> RetinaNetMod
     extra = P6P7(c5 if options.p6_from == "c5" else options.fpn_channels, options.fpn_channels, options.p6_from)
     body = resnet_fpn(options, {"layer2": "p3", "layer3": "p4", "layer4": "p5"}, extra)
     sizes = tuple((s, int(s * 2 ** (1 / 3)), int(s * 2 ** (2 / 3))) for s in options.anchor_sizes)
-    anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
-    head = RetinaNetHead(options.fpn_channels, anchors.num_anchors_per_location()[0], num_classes + 1)
+    anchors = Fp32AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
+    head = FloatRetinaNetHead(options.fpn_channels, anchors.num_anchors_per_location()[0], num_classes + 1)
     return RetinaNetModel(
         body, num_classes + 1, anchor_generator=anchors, head=head, score_thresh=options.score_thresh,
         nms_thresh=options.nms_thresh, detections_per_img=options.detections_per_img,
