@@ -26,25 +26,18 @@ from dfd.engine.config import Config, compose_config, distill_levels, load_confi
 from dfd.engine.dist import DistInfo, resolve_device  # noqa: E402
 from dfd.engine.distiller import Distiller, probe_channels  # noqa: E402
 from dfd.engine.setup import amp_dtype  # noqa: E402
-from dfd.models import build_model  # noqa: E402
-
-
-def _random_weights(options):
-    """The model's options without pretrained weights (speed does not depend on them; nothing is downloaded)."""
-    fields = {f.name for f in dataclasses.fields(options)}
-    return dataclasses.replace(options, weights=None, checkpoint=None,
-                               **({"backbone_weights": None} if "backbone_weights" in fields else {}))
+from dfd.models import build_model, without_pretrained  # noqa: E402
 
 
 def bench(cfg: Config, methods: list[str], iters: int, warmup: int) -> dict[str, float]:
     device = resolve_device(cfg.trainer.device, DistInfo())
     amp = amp_dtype(cfg.trainer.amp, device)
     num_classes = 80
-    student = build_model(_random_weights(cfg.student), num_classes, "student").to(device)
+    student = build_model(without_pretrained(cfg.student), num_classes, "student").to(device)
     teacher = losses = None
     if methods:
         cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, methods=methods))
-        teacher = build_model(_random_weights(cfg.teacher), num_classes, "teacher").to(device)
+        teacher = build_model(without_pretrained(cfg.teacher), num_classes, "teacher").to(device)
         losses = FeatureDistillation(method_params(cfg), probe_channels(student, teacher, distill_levels(cfg), device))
     model = Distiller(student, teacher, losses).to(device).train()
     params = [p for m in model.trainable_modules() for p in m.parameters() if p.requires_grad]

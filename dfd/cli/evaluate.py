@@ -26,6 +26,7 @@ from dfd.engine.evaluate import evaluate_checkpoint
 class EvalDataConfig:
     """What may differ from the run's data config (None keeps the run's value)."""
 
+    kind: Optional[str] = None
     root: Optional[str] = None
     eval_batch_size: Optional[int] = None
     num_workers: Optional[int] = None

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dfd.models import arch_options, build_model, fit_state_dict, read_checkpoint, state_dict_of
+from dfd.models import arch_options, build_model, fit_state_dict, read_checkpoint, state_dict_of, without_pretrained
 from dfd.rundir import atomic_write
 
 from .config import ConfigError
@@ -67,14 +67,29 @@ def _check_teacher_checkpoint(ckpt: Mapping[str, Any], options: Any, num_classes
 
 def load_teacher(options: Any, num_classes: int) -> nn.Module:
     """The teacher of a distillation run, with its trained weights (``checkpoint`` or ``weights``)."""
-    model = build_model(options, num_classes, "teacher")
-    if options.checkpoint:
-        ckpt = read_checkpoint(options.checkpoint, "teacher.checkpoint")
-        _check_teacher_checkpoint(ckpt, options, num_classes, options.checkpoint)
-        source = repr(options.checkpoint)
-        fit_state_dict(model, evaluated_state(ckpt, "teacher.checkpoint", source), "teacher.checkpoint", source)
+    if not options.checkpoint:
+        return build_model(options, num_classes, "teacher")
+    ckpt = read_checkpoint(options.checkpoint, "teacher.checkpoint")
+    _check_teacher_checkpoint(ckpt, options, num_classes, options.checkpoint)
+    model = build_model(without_pretrained(options), num_classes, "teacher")  # every weight comes from the checkpoint
+    source = repr(options.checkpoint)
+    fit_state_dict(model, evaluated_state(ckpt, "teacher.checkpoint", source), "teacher.checkpoint", source)
     return model
 
 
-def options_dict(options: Any) -> dict[str, Any]:
-    return dataclasses.asdict(options)
+def model_record(family: str, options: Any, num_classes: int, label_to_category: Mapping[int, int]) -> dict[str, Any]:
+    """What a checkpoint says about the model it holds: its family, options, classes and their COCO ids."""
+    return {
+        "family": family,
+        "model_config": dataclasses.asdict(options),
+        "num_classes": int(num_classes),
+        "label_to_category": {int(k): int(v) for k, v in label_to_category.items()},
+    }
+
+
+def check_labels(ckpt: Mapping[str, Any], dataset: Any, key: str) -> None:
+    """The checkpoint's classes are the dataset's (the same category id behind every label)."""
+    saved = {int(k): int(v) for k, v in (ckpt.get("label_to_category") or {}).items()}
+    if saved and saved != {int(k): int(v) for k, v in dataset.label_to_category.items()}:
+        raise ConfigError(f"{key} predicts {len(saved)} classes (category ids {sorted(saved.values())[:5]}...), "
+                          f"the data has {dataset.num_classes} ({sorted(dataset.label_to_category.values())[:5]}...)")

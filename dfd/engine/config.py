@@ -112,7 +112,7 @@ class ScheduleConfig:
     teacher_epochs: Optional[int] = None  # train=teacher: epochs (steps scaled alike); None = epochs
     warmup_iters: int = 500
     warmup_ratio: float = 0.001
-    clip_grad: Optional[float] = 35.0
+    clip_grad: Optional[float] = None  # max gradient norm; the distill group sets each method's
     ema_decay: Optional[float] = None  # an EMA of the weights, evaluated in their place; None = off
     ema_ramp: Optional[float] = 2000.0  # iterations over which the EMA decay ramps up (YOLOv6)
 

@@ -13,10 +13,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from dfd.data import collate
-from dfd.models import WeightsError, build_model, fit_state_dict, get_family, read_checkpoint
+from dfd.models import WeightsError, build_model, fit_state_dict, get_family, read_checkpoint, without_pretrained
 from dfd.rundir import METRICS_FILE, atomic_write_json
 
-from .checkpoint import evaluated_state
+from .checkpoint import check_labels, evaluated_state
 from .config import Config, ConfigError, TrainerConfig, config_from_plain, load_config
 from .dist import DistInfo
 from .evaluators import build_evaluators, finish, shard_indices
@@ -70,7 +70,8 @@ def evaluate_checkpoint(path: str | os.PathLike, run_dir: str | os.PathLike, *, 
     """Evaluate the model of a checkpoint a run wrote (teacher or student) on its validation set.
 
     The model, data and evaluation settings are the run's (from the checkpoint); ``trainer`` (device,
-    amp) and ``data`` (``root``, ``eval_batch_size``, ``num_workers``: None keeps the run's) may change.
+    amp) and ``data`` (``kind``, ``root``, ``eval_batch_size``, ``num_workers``: None keeps the run's) may
+    change. The data's classes must be the checkpoint's.
     Writes ``metrics.json`` in ``run_dir``; an existing one is replaced only with ``overwrite``.
     """
     key = f"checkpoint={str(path)!r}"
@@ -83,7 +84,8 @@ def evaluate_checkpoint(path: str | os.PathLike, run_dir: str | os.PathLike, *, 
     t0 = time.perf_counter()
     info, device = setup_process(cfg)
     _, val_set = datasets(cfg, family)
-    model = build_model(cfg.model, val_set.num_classes, cfg.role)
+    check_labels(ckpt, val_set, key)
+    model = build_model(without_pretrained(cfg.model), ckpt.get("num_classes") or val_set.num_classes, cfg.role)
     fit_state_dict(model, evaluated_state(ckpt, "checkpoint", repr(str(path))), "checkpoint", repr(str(path)))
     metrics = evaluate_model(model.to(device), val_set, family.task, batch_size=cfg.data.eval_batch_size,
                              num_workers=cfg.data.num_workers, device=device, amp_dtype=amp_dtype(trainer.amp, device),

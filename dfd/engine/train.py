@@ -25,7 +25,8 @@ from dfd.distill import FeatureDistillation
 from dfd.models import Family, build_model, get_family, inherit_matching
 from dfd.rundir import CHECKPOINT, CONFIG_FILE, METRICS_FILE, atomic_write_text, config_diff, config_digest, read_json
 
-from .checkpoint import atomic_save, load_teacher, options_dict, rng_state, set_rng_state
+from . import teachers
+from .checkpoint import atomic_save, load_teacher, model_record, rng_state, set_rng_state
 from .config import Config, ConfigError, distill_levels, effective_lr, load_config, method_params, to_plain
 from .dist import DistInfo, barrier
 from .distiller import Distiller, probe_channels
@@ -84,6 +85,14 @@ def build_distiller(cfg: Config, num_classes: int, device: torch.device) -> Dist
     return Distiller(model, teacher, losses).to(device)
 
 
+def verify_teacher(cfg: Config, teacher: nn.Module, val_set, info: DistInfo, device: torch.device) -> None:
+    """``teacher.verify``: the teacher is evaluated before the first step and refused far below its published AP."""
+    task = get_family(cfg.teacher.family).task
+    metrics = evaluate_model(teacher, val_set, task, batch_size=cfg.data.eval_batch_size, num_workers=cfg.data.num_workers,
+                             device=device, amp_dtype=amp_dtype(cfg.trainer.amp, device), info=info)
+    teachers.verify(metrics, cfg.teacher, primary_metric(task))
+
+
 def _used_levels(cfg: Config) -> list[str]:
     levels = distill_levels(cfg)
     for m in cfg.distill.methods:
@@ -95,6 +104,8 @@ def build_run(cfg: Config, run_dir: Path, info: DistInfo, device: torch.device) 
     family = get_family(cfg.model.family, cfg.role)
     train_set, val_set = datasets(cfg, family)
     distiller = build_distiller(cfg, train_set.num_classes, device)
+    if cfg.distilling and cfg.teacher.verify:
+        verify_teacher(cfg, distiller.teacher, val_set, info, device)
     if info.enabled and device.type == "cuda" and cfg.trainer.sync_bn:
         distiller.student = nn.SyncBatchNorm.convert_sync_batchnorm(distiller.student)
     plain = to_plain(cfg)
@@ -155,10 +166,7 @@ def save(run: Run, iteration: int, finished: bool) -> None:
         "total_iters": run.total,
         "finished": finished,
         "role": run.cfg.role,
-        "family": run.family.name,
-        "model_config": options_dict(run.cfg.model),
-        "num_classes": run.train_set.num_classes,
-        "label_to_category": {int(k): int(v) for k, v in run.train_set.label_to_category.items()},
+        **model_record(run.family.name, run.cfg.model, run.train_set.num_classes, run.train_set.label_to_category),
         "config": run.plain,
         "config_digest": run.digest,
         "code_version": code_version(),
@@ -312,6 +320,8 @@ def run_training(cfg: Config | DictConfig, run_dir: str | os.PathLike) -> dict[s
     ``checkpoints/last.pth``.
     """
     cfg = load_config(cfg)
+    if cfg.distilling:
+        cfg = teachers.resolve_checkpoint(cfg)  # teacher.checkpoint=auto: the published one, fetched and converted
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     done = finished_record(cfg, run_dir, config_digest(to_plain(cfg)))

@@ -25,6 +25,7 @@ from .family import (
     prepare_batch,
     register_family,
     select_maps,
+    without_pretrained,
 )
 from .weights import fit_state_dict, inherit_matching, load_weights, read_checkpoint, state_dict_of
 
@@ -71,4 +72,5 @@ __all__ = [
     "register_family",
     "select_maps",
     "state_dict_of",
+    "without_pretrained",
 ]

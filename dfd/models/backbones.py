@@ -4,6 +4,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
@@ -40,7 +42,36 @@ BACKBONES: dict[str, BackboneSpec] = {
     "resnext101_64x4d": BackboneSpec(torchvision.models.resnext101_64x4d, _BOTTLENECK),
 }
 
-NORMS = ("frozen_bn", "bn")
+class FrozenStatsBatchNorm2d(nn.Module):
+    """BatchNorm with frozen statistics and trained affine parameters: mmdetection's ResNet with
+    ``norm_cfg=dict(type='BN', requires_grad=True), norm_eval=True``.
+
+    y = (x − running_mean) / sqrt(running_var + eps) · weight + bias, the statistics never updated.
+    Its state-dict names are ``nn.BatchNorm2d``'s (ImageNet weights load), but it is not a BatchNorm
+    subclass, so SyncBatchNorm conversion leaves it alone.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+
+
+# The trunk's normalisation: bn_eval (mmdetection: statistics frozen, affine trained), frozen_bn
+# (torchvision's detection models: both frozen), bn (both trained: for training from scratch).
+NORM_LAYERS: dict[str, Callable[..., nn.Module]] = {
+    "bn_eval": FrozenStatsBatchNorm2d,
+    "frozen_bn": FrozenBatchNorm2d,
+    "bn": nn.BatchNorm2d,
+}
+NORMS = tuple(NORM_LAYERS)
 
 
 def resolve_torchvision_weights(name: str, builder: Callable[..., nn.Module] | None = None, key: str = "weights"):
@@ -64,5 +95,7 @@ def build_backbone(name: str, *, weights: str | None = None, norm: str = "frozen
         raise ValueError(f"norm={norm!r}; expected one of {', '.join(NORMS)}")
     spec = BACKBONES[name]
     w = resolve_torchvision_weights(weights, spec.builder, key=f"{key}_weights") if weights else None
-    norm_layer = FrozenBatchNorm2d if norm == "frozen_bn" else nn.BatchNorm2d
-    return spec.builder(weights=w, norm_layer=norm_layer)
+    try:
+        return spec.builder(weights=w, norm_layer=NORM_LAYERS[norm])
+    except TypeError as err:  # torchvision: weights of another architecture
+        raise WeightsError(f"{key}_weights={weights!r} are not weights of {name}: {err}") from err

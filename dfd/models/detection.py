@@ -24,13 +24,14 @@ class DetectorOptions(ModelOptions):
 
     ``trainable_layers`` counts trunk stages from the top (3: layer2–layer4 train, the stem and
     layer1 are frozen, as mmdetection's ``frozen_stages=1``). ``norm`` is the trunk's
-    normalisation: ``frozen_bn`` (mmdetection's ``norm_eval=True`` with frozen statistics) or
-    ``bn``. ``anchor_sizes`` are the base anchor sizes of the five pyramid levels.
+    normalisation: ``bn_eval`` (mmdetection's ``requires_grad=True, norm_eval=True``: statistics
+    frozen, affine parameters trained), ``frozen_bn`` (torchvision's detection models: both frozen)
+    or ``bn`` (both trained). ``anchor_sizes`` are the base anchor sizes of the five pyramid levels.
     """
 
     backbone: str = arch("resnet50")
     backbone_weights: Optional[str] = None  # torchvision weights name, e.g. ResNet50_Weights.IMAGENET1K_V1
-    norm: str = "frozen_bn"
+    norm: str = "bn_eval"
     trainable_layers: int = 3
     fpn_channels: int = arch(256)
     anchor_sizes: List[int] = arch(factory=lambda: [32, 64, 128, 256, 512])

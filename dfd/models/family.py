@@ -70,16 +70,32 @@ def _looks_like_path(value: str) -> bool:
 
 
 @dataclass
+class PublicCheckpoint:
+    """A model's published checkpoint: its address, the sha256 prefix its file name carries
+    (mmdetection's ``<name>-<first 8 hex of the sha256>.pth``), and its published COCO box AP."""
+
+    url: Optional[str] = None
+    sha256: Optional[str] = None
+    box_ap: Optional[float] = None
+
+
+@dataclass
 class ModelOptions:
     """Options every family has. Families subclass it and set ``family`` to their name.
 
     ``weights``: the whole model's weights, a torchvision weights name or a checkpoint file.
-    ``checkpoint``: (teacher) the ``checkpoints/last.pth`` of a ``train=teacher`` run.
+    ``checkpoint``: (teacher) the ``checkpoints/last.pth`` of a ``train=teacher`` run, a converted
+    checkpoint, or ``auto``: the ``public`` checkpoint, fetched and converted.
+    ``verify``: (teacher) evaluate it before distilling; refuse it more than ``verify_tolerance`` AP
+    below ``public.box_ap``.
     """
 
     family: str = ""
     weights: Optional[str] = None
     checkpoint: Optional[str] = None
+    public: PublicCheckpoint = field(default_factory=PublicCheckpoint)
+    verify: bool = False
+    verify_tolerance: float = 1.0
 
     def check(self) -> None:
         """Raise :class:`OptionError` for the first invalid value; families extend it."""
@@ -87,6 +103,14 @@ class ModelOptions:
             value = getattr(self, name)
             if value and _looks_like_path(value) and not Path(value).is_file():
                 raise OptionError(name, value, "file does not exist")
+
+
+def without_pretrained(options: Any) -> Any:
+    """The options with no pretrained weights to fetch (``weights``, ``checkpoint``, and ``backbone_weights``
+    where the family has it): for a model whose every weight is about to come from a checkpoint."""
+    names = {f.name for f in dataclasses.fields(options)}
+    cleared = {k: None for k in ("weights", "checkpoint", "backbone_weights") if k in names}
+    return dataclasses.replace(options, **cleared)
 
 
 def arch_options(options: Any) -> dict[str, Any]:
@@ -218,6 +242,8 @@ class Family:
     inherit_prefixes: state-dict prefixes of the neck and head, copied by ``distill.inherit``.
     target_keys: the target fields its training needs from the data (``masks`` asks the
         dataset to decode instance masks).
+    from_mmdet: ``from_mmdet(state_dict, options) -> state_dict``: an mmdetection 2.x checkpoint's
+        weights as this family's (``scripts/convert_mmdet.py``); None where not written yet.
     """
 
     name: str
@@ -228,6 +254,7 @@ class Family:
     default_levels: tuple[str, ...]
     inherit_prefixes: tuple[str, ...] = ()
     target_keys: tuple[str, ...] = ("boxes", "labels")
+    from_mmdet: Optional[Callable[[Mapping[str, Tensor], Any], dict[str, Tensor]]] = None
 
     def __post_init__(self) -> None:
         missing = [lvl for lvl in self.default_levels if lvl not in self.levels]
@@ -258,6 +285,9 @@ def get_family(name: str, key: str = "model") -> Family:
 def options_from_dict(values: Mapping[str, Any], key: str = "model") -> Any:
     """A model node given as plain values (e.g. read from a checkpoint) as its family's options dataclass."""
     family = get_family(str(values.get("family")), key)
+    values = dict(values)
+    if isinstance(values.get("public"), Mapping):
+        values["public"] = PublicCheckpoint(**values["public"])
     try:
         return family.options(**values)
     except TypeError as err:
