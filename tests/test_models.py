@@ -242,3 +242,18 @@ def test_every_family_overfits_a_few_images(option: str, tmp_path: Path) -> None
     print(f"{option}: loss {losses[0]:.3f} -> {losses[-1]:.3f}, AP {before:.1f} -> {after:.1f}")
     assert sum(losses[-5:]) < 0.5 * sum(losses[:5]), losses
     assert after > before + 20.0, (before, after)
+
+
+def test_deformable_stages_start_as_the_plain_convolution_and_learn_offsets() -> None:
+    from dfd.models.backbones import build_backbone
+
+    torch.manual_seed(0)
+    plain = build_backbone("resnet18", norm="bn_eval")
+    dcn = build_backbone("resnet18", norm="bn_eval", dcn_stages=(2, 3, 4))
+    offsets = {k: v for k, v in dcn.state_dict().items() if "conv_offset" in k}
+    assert "layer2.0.conv2.conv_offset.weight" in offsets and not any(k.startswith("layer1") for k in offsets)
+    dcn.load_state_dict({**plain.state_dict(), **offsets})  # mmdetection's names: conv2.weight, conv2.conv_offset.*
+    x = torch.randn(1, 3, 64, 64)
+    assert torch.allclose(plain(x), dcn(x), atol=1e-4)  # zero offsets: a plain 3x3 convolution
+    dcn(x).sum().backward()
+    assert dcn.layer4[1].conv2.conv_offset.weight.grad.abs().sum() > 0

@@ -1,12 +1,15 @@
 """Model families (plug-ins), their backbones, and loading weights.
 
-Importing this package registers every family module below in :data:`FAMILIES`.
+Importing this package imports every module of it, so each family module registers its family in
+:data:`FAMILIES`: adding a family is adding a module (docs/adding-a-model.md).
 """
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 from torch import nn
 
-from . import faster_rcnn, retinanet  # noqa: F401  (each registers its family)
 from .backbones import BACKBONES, NORMS, build_backbone
 from .errors import ComponentNotImplemented, WeightsError
 from .family import (
@@ -28,6 +31,9 @@ from .family import (
     without_pretrained,
 )
 from .weights import fit_state_dict, inherit_matching, load_weights, read_checkpoint, state_dict_of
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 
 def build_model(options, num_classes: int, key: str = "model") -> nn.Module:

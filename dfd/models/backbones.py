@@ -74,6 +74,43 @@ NORM_LAYERS: dict[str, Callable[..., nn.Module]] = {
 NORMS = tuple(NORM_LAYERS)
 
 
+class DeformConv3x3(nn.Module):
+    """A 3×3 deformable convolution (DCN v1, one offset group) with its own offset predictor, as
+    mmdetection's ``DeformConv2dPack`` (``dcn=dict(type='DCN', deform_groups=1)``).
+
+    offsets = conv_offset(x) (a 3×3 conv to 2·3·3 channels, zero-initialised: it starts as a plain
+    convolution); y = DeformConv2d(x, offsets; weight). Parameter names are mmdetection's
+    (``weight``, ``conv_offset.weight``, ``conv_offset.bias``), so its checkpoints map by name.
+    """
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
+        self.weight = nn.Parameter(conv.weight.detach().clone())
+        self.bias = None
+        self.conv_offset = nn.Conv2d(conv.in_channels, 2 * 3 * 3, 3, stride=conv.stride, padding=conv.padding,
+                                     dilation=conv.dilation, bias=True)
+        nn.init.zeros_(self.conv_offset.weight)
+        nn.init.zeros_(self.conv_offset.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        offsets = self.conv_offset(x)
+        return torchvision.ops.deform_conv2d(x, offsets.to(x.dtype), self.weight.to(x.dtype), None, self.stride,
+                                             self.padding, self.dilation)
+
+
+def add_deformable_convs(trunk: nn.Module, stages: tuple[int, ...]) -> None:
+    """Make the 3×3 convolution of every block of ``stages`` (2–4: layer2–layer4, i.e. c3–c5) deformable."""
+    for stage in stages:
+        if stage not in (1, 2, 3, 4):
+            raise ValueError(f"dcn stage {stage} is not one of 1..4 (layer1..layer4)")
+        for block in getattr(trunk, f"layer{stage}"):
+            conv = block.conv2
+            if conv.kernel_size != (3, 3):
+                raise ValueError(f"layer{stage} has no 3x3 conv2 to make deformable")
+            block.conv2 = DeformConv3x3(conv)
+
+
 def resolve_torchvision_weights(name: str, builder: Callable[..., nn.Module] | None = None, key: str = "weights"):
     """Turn ``"ResNet50_Weights.IMAGENET1K_V1"`` (or ``"DEFAULT"`` for ``builder``) into a weights enum."""
     try:
@@ -87,8 +124,10 @@ def resolve_torchvision_weights(name: str, builder: Callable[..., nn.Module] | N
         ) from err
 
 
-def build_backbone(name: str, *, weights: str | None = None, norm: str = "frozen_bn", key: str = "backbone") -> nn.Module:
-    """A torchvision ResNet/ResNeXt trunk; ``weights`` a torchvision weights name or None."""
+def build_backbone(name: str, *, weights: str | None = None, norm: str = "frozen_bn", dcn_stages: tuple[int, ...] = (),
+                   key: str = "backbone") -> nn.Module:
+    """A torchvision ResNet/ResNeXt trunk; ``weights`` a torchvision weights name or None; ``dcn_stages``
+    the stages (2, 3, 4 = c3–c5) whose 3×3 convolutions are deformable."""
     if name not in BACKBONES:
         raise ValueError(f"{key}={name!r} is not a known backbone; expected one of {', '.join(BACKBONES)}")
     if norm not in NORMS:
@@ -96,6 +135,8 @@ def build_backbone(name: str, *, weights: str | None = None, norm: str = "frozen
     spec = BACKBONES[name]
     w = resolve_torchvision_weights(weights, spec.builder, key=f"{key}_weights") if weights else None
     try:
-        return spec.builder(weights=w, norm_layer=NORM_LAYERS[norm])
+        trunk = spec.builder(weights=w, norm_layer=NORM_LAYERS[norm])
     except TypeError as err:  # torchvision: weights of another architecture
         raise WeightsError(f"{key}_weights={weights!r} are not weights of {name}: {err}") from err
+    add_deformable_convs(trunk, tuple(dcn_stages))  # pretrained 3x3 weights kept, offsets start at zero
+    return trunk

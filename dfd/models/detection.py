@@ -35,6 +35,7 @@ class DetectorOptions(ModelOptions):
     trainable_layers: int = 3
     fpn_channels: int = arch(256)
     anchor_sizes: List[int] = arch(factory=lambda: [32, 64, 128, 256, 512])
+    dcn_stages: List[int] = arch(factory=list)  # trunk stages with deformable 3x3 convs: [2, 3, 4] = mmdetection's c3-c5
 
     def check(self) -> None:
         super().check()
@@ -43,6 +44,8 @@ class DetectorOptions(ModelOptions):
         check_positive("fpn_channels", self.fpn_channels)
         if not 0 <= self.trainable_layers <= 5:
             raise OptionError("trainable_layers", self.trainable_layers, "expected 0..5")
+        if any(st not in (2, 3, 4) for st in self.dcn_stages):
+            raise OptionError("dcn_stages", list(self.dcn_stages), "expected stages among 2, 3, 4 (c3-c5)")
         if len(self.anchor_sizes) != 5 or any(s <= 0 for s in self.anchor_sizes):
             raise OptionError("anchor_sizes", list(self.anchor_sizes), "expected 5 positive sizes, one per pyramid level")
 
@@ -61,7 +64,8 @@ def freeze_stages(trunk: nn.Module, trainable_layers: int) -> None:
 
 def resnet_fpn(options: DetectorOptions, return_layers: Mapping[str, str], extra_blocks: ExtraFPNBlock | None) -> BackboneWithFPN:
     """The trunk named by ``options.backbone`` with an FPN over ``return_layers`` (trunk stage → level name)."""
-    trunk = build_backbone(options.backbone, weights=options.backbone_weights, norm=options.norm)
+    trunk = build_backbone(options.backbone, weights=options.backbone_weights, norm=options.norm,
+                           dcn_stages=tuple(options.dcn_stages))
     freeze_stages(trunk, options.trainable_layers)
     widths = dict(zip(STAGES[1:], BACKBONES[options.backbone].channels))
     return BackboneWithFPN(
