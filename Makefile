@@ -11,12 +11,15 @@ RUNS ?= runs
 ARGS ?=
 
 .DEFAULT_GOAL := help
-REPRODUCE := $(addprefix reproduce-table-,1 2 3 4 5 6 7)
-.PHONY: help install demo test test-fast bench clean $(REPRODUCE)
+TABLES := 1 2 3 4 5 6 7
+REPRODUCE := $(addprefix reproduce-table-,$(TABLES))
+COLLECT := $(addprefix collect-table-,$(TABLES))
+.PHONY: help install demo test test-fast bench clean wandb-sync $(REPRODUCE) $(COLLECT)
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
 	@echo "  reproduce-table-N      Train and collect Table N (1-7): SCALE=smoke|full DATA_ROOT= TEACHER= SEEDS=0,1,2"
+	@echo "  collect-table-N        Collect Table N from finished runs, never trains (same variables; ARGS=force=true)"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +46,15 @@ bench: $(STAMP) ## Speed benchmarks (FGD masks; training step time)
 $(REPRODUCE): reproduce-table-%: $(STAMP)
 	$(PY) scripts/reproduce.py table=$* scale=$(SCALE) seeds=[$(SEEDS)] runs_root=$(RUNS) \
 		$(if $(DATA_ROOT),data_root=$(DATA_ROOT)) $(if $(TEACHER),teacher=$(TEACHER)) $(ARGS)
+
+$(COLLECT): collect-table-%: $(STAMP)
+	$(PY) scripts/collect.py table=$* scale=$(SCALE) seeds=[$(SEEDS)] runs_root=$(RUNS) \
+		$(if $(DATA_ROOT),data_root=$(DATA_ROOT)) $(if $(TEACHER),teacher=$(TEACHER)) $(ARGS)
+
+wandb-sync: $(STAMP) ## Upload the offline W&B runs under RUNS (default runs/) and ./wandb (collected tables)
+	@found="$$(find $(RUNS) wandb -type d -name 'offline-run-*' -prune 2>/dev/null | sort)"; \
+	if [ -z "$$found" ]; then echo "no offline W&B runs under $(RUNS)/ or wandb/"; \
+	else echo "$(VENV)/bin/wandb sync $(ARGS) <$$(echo "$$found" | wc -l) offline runs>"; $(VENV)/bin/wandb sync $(ARGS) $$found; fi
 
 clean: ## Remove caches and runs of the smoke scale (never full-scale runs)
 	rm -rf .cache $(RUNS)/smoke .pytest_cache

@@ -559,3 +559,44 @@ def test_data_package_is_self_contained() -> None:
         text = path.read_text()
         for other in ("dfd.engine", "dfd.models", "dfd.distill"):
             assert other not in text, f"{path.name} imports {other}"
+
+
+# --------------------------------------------------------------------------- issue 9, item 6: bad data found before training
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), None, "3"])
+def test_issue9_6_a_non_finite_box_names_its_annotation_and_image(handmade: Path, bad) -> None:
+    path = _ann_file(handmade, "train")
+    data = json.loads(path.read_text())
+    data["annotations"][0]["bbox"][2] = bad  # annotation id 1, image id 7 (a.jpg)
+    path.write_text(json.dumps(data))  # NaN and Infinity as Python's json writes (and reads) them
+    with pytest.raises(DataError, match=r"instances_train2017\.json: annotation id 1 \(image id 7, file a\.jpg\) has bbox"):
+        CocoDetection(handmade, "train")
+
+
+def test_issue9_6_dropped_boxes_are_counted_and_reported_once(handmade: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = _ann_file(handmade, "val")
+    data = json.loads(path.read_text())
+    data["annotations"].append({"id": 6, "image_id": 7, "category_id": 2, "bbox": [100, 100, 5, 5], "iscrowd": 0})
+    path.write_text(json.dumps(data))
+    with caplog.at_level("INFO", logger="dfd.data"):
+        ds = CocoDetection(handmade, "val")
+        for i in range(len(ds)):
+            ds[i]
+    assert ds.dropped_boxes == 2  # id 3 (width 0) and id 6 (outside its 40x30 image)
+    (record,) = [r for r in caplog.records if "dropped" in r.getMessage()]
+    assert record.levelname == "WARNING" and "instances_val2017.json: 2 of 6 boxes are dropped" in record.getMessage()
+    assert "annotation id 3" in record.getMessage() and "a.jpg" in record.getMessage()
+    assert CocoDetection(handmade, "train").dropped_boxes == 1
+
+
+def test_issue9_6_verify_images_decodes_every_image_before_training(handmade: Path) -> None:
+    jpeg = handmade / "train2017" / "c.jpg"
+    jpeg.write_bytes(jpeg.read_bytes()[:200])  # truncated: the header opens, the pixels do not decode
+    assert len(CocoDetection(handmade, "train")) == 3  # not verified: found only when the image is loaded
+    with pytest.raises(DataError, match=r"1 of 3 image file\(s\) of .*instances_train2017\.json in .*train2017 do not "
+                                        r"decode: c\.jpg"):
+        CocoDetection(handmade, "train", verify=True)
+    with pytest.raises(DataError, match=r"do not decode: c\.jpg"):
+        build_datasets("coco", handmade, min_size=60, max_size=100, verify_images=True)
+    assert len(CocoDetection(handmade, "val", verify=True)) == 3

@@ -53,7 +53,8 @@ def test_teacher_then_dfd_student_through_the_entry_point(tmp_path: Path, teache
     assert record["code_version"]["version"]
     ckpt = torch.load(run_dir / "checkpoints" / "last.pth", weights_only=True)
     assert ckpt["finished"] and ckpt["iteration"] == 3 and ckpt["distill"]
-    assert (run_dir / ".hydra" / "config.yaml").is_file() and (run_dir / "history.jsonl").is_file()
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "history.jsonl").is_file() and (run_dir / "train.log").is_file()
+    assert not (run_dir / ".hydra").exists() and not (run_dir / "run.lock").exists()  # the run writes its config itself
     teacher_record = json.loads((teacher_checkpoint.parents[1] / "metrics.json").read_text())
     assert teacher_record["experiment"]["role"] == "teacher" and set(BBOX) <= set(teacher_record["metrics"])
 

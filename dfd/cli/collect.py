@@ -1,56 +1,73 @@
 """Collect a paper table from finished runs into Markdown, CSV and LaTeX (never trains).
 
     python scripts/collect.py table=5 scale=smoke
-    python scripts/collect.py table=2 scale=full seeds=[0,1,2] wandb=true wandb_mode=online
+    python scripts/collect.py table=2 scale=full seeds=[0,1,2] data_root=/data/coco teacher=/ckpt/t.pth wandb=true
+
+Its keys and their defaults are ``conf/collect.yaml``'s; every other ``key=value`` is an override the
+runs were trained with, as for ``scripts/reproduce.py``. A run counts only if it has its row's config
+(the digest of the row composed as the sweep composes it, with these overrides): a finished run of
+another config is marked ``stale``. Writes ``<out_dir>/table<N>.{md,csv,tex}`` when every row is
+complete, else ``<out_dir>/table<N>.partial.{md,csv,tex}`` (``force=true``: over the results anyway).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, ListConfig
+import yaml
 
-from dfd.engine.config import CONF_DIR
-from dfd.results import collect_table, load_spec, log_wandb, to_markdown, write_tables
+from dfd.engine.config import CONF_DIR, compose_config, register_configs
+from dfd.engine.rows import register_rows
+from dfd.engine.sweep import plan_table
+from dfd.results import collect_table, load_spec, log_wandb, summary_lines, to_markdown, write_tables
+from dfd.results.spec import load_all_specs
+
+from .common import base_overrides, parse_args, run_program
 
 log = logging.getLogger(__name__)
+WANDB_MODES = ("offline", "online", "disabled")
 
 
-def _seeds(value: object) -> list[int]:
-    if isinstance(value, (list, tuple, ListConfig)):
-        return [int(s) for s in value]
-    return [int(value)]  # seeds=0
+def defaults() -> dict:
+    """The keys of collect.py and their defaults (``conf/collect.yaml``)."""
+    return yaml.safe_load((CONF_DIR / "collect.yaml").read_text(encoding="utf-8"))
 
 
-def _scale(cfg: DictConfig) -> str:
-    """The chosen option of the ``scale`` config group (shared with training)."""
-    choice = HydraConfig.get().runtime.choices.get("scale")
-    return str(choice if choice is not None else cfg.scale.name)
-
-
-@hydra.main(config_path=str(CONF_DIR), config_name="collect", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    spec = load_spec(cfg.table, cfg.experiments_dir)
-    table = collect_table(spec, runs_root=cfg.runs_root, scale=_scale(cfg), seeds=_seeds(cfg.seeds))
-    runs_dir = Path(cfg.runs_root) / table.scale / spec.name
+def _main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s", datefmt="%H:%M:%S")
+    own, teachers, forward = parse_args(argv, defaults(), table_paths=True, choices={"wandb_mode": WANDB_MODES})
+    spec = load_spec(own["table"], own["experiments_dir"])
+    register_configs()
+    register_rows([*load_all_specs(), spec])
+    plan = plan_table(spec, runs_root=own["runs_root"], scale=own["scale"], seeds=own["seeds"],
+                      base=base_overrides(own, forward), compose=lambda ov: compose_config(ov, return_hydra_config=True),
+                      teacher_checkpoints=teachers)
+    table = collect_table(spec, runs_root=own["runs_root"], scale=own["scale"], seeds=own["seeds"], expected=plan.digests)
+    runs_dir = Path(own["runs_root"]) / table.scale / spec.name
     if not runs_dir.is_dir():
         log.warning("no runs under %s: every row is missing", runs_dir)
-    paths = write_tables(table, cfg.out_dir)
-    if cfg.print:
+    paths = write_tables(table, own["out_dir"], force=own["force"])
+    if own["print"]:
         print(to_markdown(table))
-    counts: dict[str, int] = {}
-    for row in table.rows:
-        counts[row.status] = counts.get(row.status, 0) + 1
-    log.info("%s (%s, seeds %s): %s", spec.name, table.scale, table.seeds,
-             ", ".join(f"{k} {v}" for k, v in counts.items()))
+    print("\n".join(summary_lines(table)))
+    if not table.complete and not own["force"]:
+        print(f"{spec.name} is not complete: written beside the results, not over them (force=true writes over them)")
     for path in paths.values():
-        log.info("wrote %s", path)
-    if cfg.wandb:
-        log_wandb(table, project=cfg.wandb_project, mode=cfg.wandb_mode)
-        log.info("logged %s to W&B project %r (mode %s)", spec.name, cfg.wandb_project, cfg.wandb_mode)
+        print(f"wrote {path}")
+    if own["wandb"]:
+        log_wandb(table, project=own["wandb_project"], mode=own["wandb_mode"])
+        log.info("logged %s to W&B project %r (mode %s)", spec.name, own["wandb_project"], own["wandb_mode"])
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``collect.py key=value ...``; exits with status 2 on a user error."""
+    code = run_program("collect.py", _main, sys.argv[1:] if argv is None else argv)
+    if code:
+        raise SystemExit(code)
+    return code
 
 
 if __name__ == "__main__":

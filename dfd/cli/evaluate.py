@@ -6,6 +6,8 @@
 The model, data and evaluation settings are the run's (stored in the checkpoint); ``trainer.*``
 (device, amp) applies as in training, and ``data.root``, ``data.eval_batch_size``, ``data.num_workers``
 may be changed. Writes ``metrics.json`` in ``hydra.run.dir`` (default ``<runs_root>/eval/<time>``).
+A user error (a missing or foreign checkpoint, data not found, ...) prints one message and exits with
+status 1 (``HYDRA_FULL_ERROR=1`` for the traceback).
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from dfd.engine.config import CONF_DIR, TrainerConfig, register_configs
 from dfd.engine.evaluate import evaluate_checkpoint
+
+from .common import USER_ERRORS, UserError, full_errors
 
 
 @dataclass
@@ -48,8 +52,13 @@ ConfigStore.instance().store(name="evaluate_schema", node=EvaluateConfig)
 @hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     conf: EvaluateConfig = OmegaConf.to_object(cfg)
-    evaluate_checkpoint(conf.checkpoint, Path(HydraConfig.get().runtime.output_dir), trainer=conf.trainer,
-                        data=vars(conf.data), overwrite=conf.overwrite)
+    try:
+        evaluate_checkpoint(conf.checkpoint, Path(HydraConfig.get().runtime.output_dir), trainer=conf.trainer,
+                            data=vars(conf.data), overwrite=conf.overwrite)
+    except USER_ERRORS as err:
+        if full_errors():
+            raise
+        raise UserError(f"error: {err}") from err
 
 
 if __name__ == "__main__":

@@ -4,9 +4,12 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
+import math
 import operator
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,8 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 REQUIRED_KEYS = ("images", "annotations", "categories")
+
+log = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -80,6 +85,18 @@ def _check_entries(data: dict[str, Any], ann_file: Path) -> None:
                 f"annotation file {ann_file}: annotations[{i}] (id {ann['id']}) has image_id "
                 f"{ann['image_id']!r}, which is not listed in 'images'"
             )
+        if not _finite_box(ann["bbox"]):
+            file_name = next(img["file_name"] for img in data["images"] if img["id"] == ann["image_id"])
+            raise DataError(
+                f"annotation file {ann_file}: annotation id {ann['id']} (image id {ann['image_id']}, file "
+                f"{file_name}) has bbox {ann['bbox']!r}; expected 4 finite numbers [x, y, width, height]"
+            )
+
+
+def _finite_box(bbox: Any) -> bool:
+    """Whether ``bbox`` is 4 finite numbers (JSON's NaN and Infinity, null, strings are not)."""
+    return (isinstance(bbox, list) and len(bbox) == 4
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bbox))
 
 
 def _check_image_files(images: list[dict[str, Any]], image_dir: Path, ann_file: Path) -> None:
@@ -97,6 +114,44 @@ def _check_image_files(images: list[dict[str, Any]], image_dir: Path, ann_file: 
         raise DataError(
             f"{len(missing)} image file(s) referenced by {ann_file} are missing from {image_dir}: {shown}"
         )
+
+
+def _decode_error(path: Path) -> str | None:
+    """None if the image file at ``path`` decodes completely, else why not."""
+    try:
+        with Image.open(path) as f:
+            f.load()
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        return f"{path.name}: {e}"
+    return None
+
+
+def verify_images(image_dir: Path, file_names: list[str], ann_file: Path) -> None:
+    """Decode every image file (``data.verify_images=true``); DataError naming the files that do not decode."""
+    paths = [image_dir / name for name in file_names]
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL decodes outside the GIL
+        errors = [e for e in pool.map(_decode_error, paths) if e is not None]
+    if errors:
+        shown = "; ".join(errors[:5]) + ("; ..." if len(errors) > 5 else "")
+        raise DataError(f"{len(errors)} of {len(paths)} image file(s) of {ann_file} in {image_dir} do not decode: {shown}")
+    log.info("data.verify_images: all %d image files in %s decode", len(paths), image_dir)
+
+
+def _report_dropped(coco: COCO, ann_file: Path) -> int:
+    """Count the boxes the loader drops (empty once clipped to their image, per the JSON's size) and say so once."""
+    dropped = []
+    for image_id, anns in coco.imgToAnns.items():
+        info = coco.imgs[image_id]
+        usable = [a for a in anns if not a.get("iscrowd", 0)]
+        kept, _ = _valid_annotations(usable, info.get("width"), info.get("height"))
+        kept_ids = {id(a) for a in kept}
+        dropped += [(a, info) for a in usable if id(a) not in kept_ids]
+    if dropped:
+        ann, info = dropped[0]
+        log.warning("%s: %d of %d boxes are dropped: empty, or outside their image once clipped to it "
+                    "(e.g. annotation id %s, bbox %s, image %s of %sx%s)", ann_file, len(dropped), len(coco.anns),
+                    ann["id"], ann["bbox"], info["file_name"], info.get("width"), info.get("height"))
+    return len(dropped)
 
 
 def _valid_annotations(
@@ -152,6 +207,10 @@ class CocoDetection(Dataset):
     (int), ``orig_size`` and ``size`` (int64 [2], (h, w) of the file and of the returned image).
     Crowd annotations and degenerate boxes are left out.
 
+    Checked before training: every box is 4 finite numbers (else DataError naming the annotation
+    id and the image file); the boxes dropped as empty or outside their image are counted
+    (``dropped_boxes``) and reported once; ``verify=True`` decodes every image file.
+
     Given a ``sample_seed`` the transforms draw their randomness from a CPU generator seeded
     with it inside ``torch.random.fork_rng``, so an item is a pure function of (index, seed)
     and the global RNG is left as it was. A bare index draws from the global RNG.
@@ -166,6 +225,7 @@ class CocoDetection(Dataset):
         filter_empty: bool = False,
         with_masks: bool = False,
         year: str = "2017",
+        verify: bool = False,
     ) -> None:
         if root is None or str(root) == "":
             raise DataError("data.root: not set; give the directory of a COCO-layout dataset")
@@ -177,6 +237,8 @@ class CocoDetection(Dataset):
         data = _load_json(self.ann_file)
         _check_entries(data, self.ann_file)
         _check_image_files(data["images"], self.image_dir, self.ann_file)
+        if verify:
+            verify_images(self.image_dir, [img["file_name"] for img in data["images"]], self.ann_file)
         # Older pycocotools' loadRes copies these keys unconditionally.
         data.setdefault("info", {})
         data.setdefault("licenses", [])
@@ -184,6 +246,7 @@ class CocoDetection(Dataset):
         self.coco.dataset = data
         with contextlib.redirect_stdout(io.StringIO()):
             self.coco.createIndex()
+        self.dropped_boxes = _report_dropped(self.coco, self.ann_file)
 
         cat_ids = sorted(self.coco.cats)
         self.num_classes = len(cat_ids)

@@ -69,20 +69,24 @@ def _coco_pair(
     rounding: str,
     filter_empty_train: bool,
     with_masks: bool,
+    verify_images: bool = False,
 ) -> tuple[CocoDetection, CocoDetection]:
-    """train2017 (flip, empty images dropped if asked) and val2017 (no flip, every image)."""
+    """train2017 (flip, empty images dropped if asked) and val2017 (no flip, every image); ``verify_images``
+    decodes every image file of both first."""
     train = CocoDetection(
         root,
         "train",
         build_transforms(True, min_size=min_size, max_size=max_size, flip_prob=flip_prob, rounding=rounding),
         filter_empty=filter_empty_train,
         with_masks=with_masks,
+        verify=verify_images,
     )
     val = CocoDetection(
         root,
         "val",
         build_transforms(False, min_size=min_size, max_size=max_size, rounding=rounding),
         with_masks=with_masks,
+        verify=verify_images,
     )
     return train, val
 
@@ -154,13 +158,15 @@ def build_datasets(
     filter_empty_train: bool = True,
     with_masks: bool = False,
     synthetic: Mapping[str, Any] | None = None,
+    verify_images: bool = False,
 ) -> tuple[CocoDetection, CocoDetection]:
     """``(train, val)`` datasets of ``data.kind`` with the detection transforms of the ``data`` group.
 
     ``root`` is ``data.root`` (optional for ``synthetic``); ``synthetic`` the generator parameters
     (``data.synthetic``, used by the synthetic kind only); ``with_masks`` adds instance masks to
     the targets (Mask R-CNN families); ``rounding`` picks the resize's size rule (see
-    :func:`~dfd.data.fit_size`).
+    :func:`~dfd.data.fit_size`); ``verify_images`` decodes every image file before returning
+    (``data.verify_images``: a corrupt file is named before training starts, not at its first batch).
     """
     entry = dataset_entry(kind)
     if rounding not in ROUNDINGS:
@@ -175,4 +181,5 @@ def build_datasets(
         rounding=rounding,
         filter_empty_train=filter_empty_train,
         with_masks=with_masks,
+        verify_images=verify_images,
     )

@@ -9,6 +9,7 @@ typed objects that the engine uses from then on.
 from __future__ import annotations
 
 import dataclasses
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +90,7 @@ class DataConfig:
     num_workers: int = 4
     filter_empty_train: bool = True
     group_by_aspect: bool = True  # batches of one aspect-ratio group (mmdetection's GroupSampler)
+    verify_images: bool = False  # decode every image file before training starts (a corrupt one is named)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
@@ -139,6 +141,7 @@ class LoggerConfig:
     entity: Optional[str] = None
     mode: str = "offline"
     tags: List[str] = field(default_factory=list)
+    init_timeout: float = 60.0  # seconds W&B online may take to start before the run logs offline instead
 
 
 @dataclass
@@ -191,9 +194,20 @@ class Config:
         return self.role == "student" and bool(self.distill.methods)
 
 
+RUN_ID_RESOLVER = "run_id"
+
+
+def _run_id() -> str:
+    return secrets.token_hex(3)
+
+
 def register_configs() -> None:
     """Register the schema as ``config_schema`` and every family's options as ``family/<name>``
-    (``family/planned``: the options every family has, for model configs of families not built yet)."""
+    (``family/planned``: the options every family has, for model configs of families not built yet),
+    and the ``${run_id:}`` resolver: a short random id, the same wherever one config uses it, so that
+    two runs started in the same second get different default directories."""
+    if not OmegaConf.has_resolver(RUN_ID_RESOLVER):
+        OmegaConf.register_new_resolver(RUN_ID_RESOLVER, _run_id, use_cache=True)
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     cs.store(group="family", name="planned", node=ModelOptions)
@@ -378,6 +392,7 @@ def _check_trainer(cfg: Config) -> None:
         _positive("trainer.threads", t.threads)
     _choice("logger.kind", cfg.logger.kind, LOGGERS)
     _choice("logger.mode", cfg.logger.mode, WANDB_MODES)
+    _positive("logger.init_timeout", cfg.logger.init_timeout)
 
 
 def _check_teacher_given(cfg: Config) -> None:

@@ -1,6 +1,8 @@
-"""What a run records besides checkpoints: its identity, metrics.json, failed.json, the code version."""
+"""What a run records and says besides checkpoints: its identity, metrics.json, failed.json, the code
+version, and the lines it logs about itself (the model it trains, its metrics, its progress label)."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import subprocess
 import traceback
@@ -8,7 +10,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from dfd.rundir import FAILED_FILE, METRICS_FILE, atomic_write_json
+
+from .config import CONF_DIR
 
 
 def now() -> str:
@@ -82,3 +88,50 @@ def write_failure(run_dir: Path, err: BaseException, experiment: dict) -> None:
         },
         run_dir / FAILED_FILE,
     )
+
+
+# ----------------------------------------------------------------------------- what a run says about itself
+
+
+def model_scale_file(family: str, scale: str, role: str) -> Path:
+    """The file that sizes a ``role`` model of ``family`` at ``scale`` (``conf/model_scale/<family>/<scale>_<role>.yaml``)."""
+    return CONF_DIR / "model_scale" / family / f"{scale}_{role}.yaml"
+
+
+def describe_model(options: Any, role: str, scale: str) -> str:
+    """One line naming the model a run trains or distils from: family, backbone, widths, and what the scale changed.
+
+    ``teacher=`` and ``student=`` name full-size models; at a scale with a
+    ``conf/model_scale/<family>/<scale>_<role>.yaml`` the model is shrunk to the sizes that file sets.
+    """
+    values = dataclasses.asdict(options) if dataclasses.is_dataclass(options) else dict(options)
+    family = values.get("family", "?")
+    path = model_scale_file(family, scale, role)
+    scaled = yaml.safe_load(path.read_text()) if path.is_file() else None
+    keys = ["backbone", *(k for k in values if k.endswith(("channels", "_size")) and k != "batch_size")]
+    keys += [k for k in (scaled or {}) if k not in keys]
+    shown = ", ".join(f"{k}={values[k]}" for k in keys if k in values)
+    line = f"{role}: {family} ({shown})"
+    if scaled:
+        return f"{line}; scale={scale} shrank it to the sizes of {path.relative_to(CONF_DIR.parent)}"
+    if scale != "full":
+        return f"{line}; scale={scale}, but {family} has no {path.relative_to(CONF_DIR.parent)}: full size"
+    return line
+
+
+def run_label(cfg: Any, run_dir: Path) -> str:
+    """How progress bars and messages name a run: ``table5/tf_mse seed0``, or ``teacher <run dir>``."""
+    exp = cfg.experiment
+    if exp.table is not None and exp.row:
+        return f"table{exp.table}/{exp.row} seed{cfg.seed}"
+    return f"{cfg.train.role} {run_dir.name}"
+
+
+def metrics_table(metrics: dict[str, Any]) -> str:
+    """The metrics of a finished run as a small aligned table (one metric a line)."""
+    if not metrics:
+        return "  (not evaluated: trainer.evaluate=false)"
+    width = max(len(k) for k in metrics)
+    lines = [f"  {'metric':<{width}}  value"]
+    lines += [f"  {k:<{width}}  {'—' if v is None else format(v, '.2f'):>6}" for k, v in metrics.items()]
+    return "\n".join(lines)

@@ -39,5 +39,5 @@ def datasets(cfg: Config, family: Family) -> tuple[Any, Any]:
     return build_datasets(
         d.kind, d.root, min_size=d.min_size, max_size=d.max_size, flip_prob=d.flip_prob, rounding=d.rounding,
         filter_empty_train=d.filter_empty_train, with_masks="masks" in family.target_keys,
-        synthetic=dataclasses.asdict(d.synthetic),
+        synthetic=dataclasses.asdict(d.synthetic), verify_images=d.verify_images,
     )

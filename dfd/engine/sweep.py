@@ -4,8 +4,14 @@ The rows come from the table spec (``experiments/tableN.yaml``), registered as
 ``+row=table<N>_<id>`` configs (:mod:`dfd.engine.rows`); nothing is written twice.
 Runs live where :mod:`dfd.rundir` says (``<runs_root>/<scale>/table<N>/<row>/seed<S>/``; teachers
 in ``<runs_root>/<scale>/teachers/<teacher>-<digest>/``, shared by every table that needs the same
-teacher). A finished run is never redone; an interrupted one resumes. Runs are launched as
-``python -m dfd.cli.train``, so the sweep works from an installed package.
+teacher). Runs are launched as ``python -m dfd.cli.train``, so the sweep works from an installed package.
+
+A row is finished only when the run in each of its seed directories has the row's config: the
+``config_digest`` its metrics.json records is the digest of the row composed exactly as its run is
+(the base overrides, ``+row=...``, ``seed=S`` and, distilling, ``teacher.checkpoint=`` the planned
+teacher's checkpoint). A directory holding a run of another config is stale: moved aside
+(``seed<S>.stale-<time>``, never deleted) and rerun. Teachers are checked the same way.
+An interrupted run of the row's config resumes.
 """
 from __future__ import annotations
 
@@ -15,24 +21,30 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
 from dfd.models import ComponentNotImplemented
 from dfd.rundir import (
     CHECKPOINT,
-    METRICS_FILE,
     NOT_IMPLEMENTED_FILE,
     ROW_SEED,
+    RunDirBusy,
+    RunState,
     atomic_write_json,
+    config_diff,
     config_digest,
-    row_dir,
+    move_aside,
+    read_config,
+    run_identity,
+    run_state,
     seed_dir,
     table_dir,
     teacher_dir,
 )
 
-from .config import load_config, to_plain
+from .config import Config, load_config, to_plain
 from .rows import row_name
 from .runinfo import now
 
@@ -49,14 +61,19 @@ class TeacherPlan:
     name: str  # <teacher option>-<digest>
     overrides: list[str]
     run_dir: Path
+    digest: str = ""  # the config digest of the teacher's run
 
     @property
     def checkpoint(self) -> Path:
         return self.run_dir / CHECKPOINT
 
     @property
+    def state(self) -> RunState:
+        return run_state(self.run_dir, self.digest)
+
+    @property
     def finished(self) -> bool:
-        return (self.run_dir / METRICS_FILE).is_file()
+        return self.state == "finished"
 
 
 @dataclass
@@ -67,6 +84,9 @@ class TablePlan:
     finished: list[str] = field(default_factory=list)
     to_run: dict[str | None, list[str]] = field(default_factory=dict)  # teacher name (None: no teacher) -> row ids
     teachers: dict[str, TeacherPlan] = field(default_factory=dict)
+    digests: dict[str, dict[int, str]] = field(default_factory=dict)  # row id -> seed -> the digest its run must have
+    stale: dict[str, dict[int, str]] = field(default_factory=dict)  # row id -> seed -> how the run there differs
+    identities: dict[str, str] = field(default_factory=dict)  # planned teacher checkpoint (resolved) -> its identity
 
 
 def _without_hydra(cfg: DictConfig) -> DictConfig:
@@ -75,54 +95,125 @@ def _without_hydra(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
+def _composable(overrides: Sequence[str]) -> list[str]:
+    """The overrides without Hydra's own (``hydra.launcher.*``, ...): they launch runs, not configure them."""
+    return [ov for ov in overrides if not ov.lstrip("+~").startswith(("hydra.", "hydra/"))]
+
+
 def _teacher_overrides(row_overrides: Sequence[str]) -> list[str]:
     """The overrides of a row that define its teacher's training: teacher.* and data.*."""
     return [ov for ov in row_overrides if ov.split("=", 1)[0].split(".")[0] in ("teacher", "data")]
+
+
+def expected_config(cfg: Config, teacher_checkpoint: str | Path | None) -> dict[str, Any]:
+    """The plain config a row's run will have: ``cfg`` with ``teacher.checkpoint=`` the planned teacher's."""
+    plain = to_plain(cfg)
+    if teacher_checkpoint is not None:
+        plain["teacher"]["checkpoint"] = str(teacher_checkpoint)
+    return plain
+
+
+@dataclass
+class _Planner:
+    """Plans one table: what each row needs, and what its seed directories hold."""
+
+    plan: TablePlan
+    runs_root: str | Path
+    scale: str
+    seeds: Sequence[int]
+    base: list[str]
+    compose: Compose
+    given: dict[str, str]
+    _teachers: dict[tuple[str, ...], TeacherPlan] = field(default_factory=dict)
+
+    def config(self, name: str, seed: int) -> tuple[Config, Any]:
+        """The row's typed config for ``seed``, and Hydra's group choices."""
+        composed = self.compose([*_composable(self.base), f"+row={name}", f"seed={seed}"])
+        choices = composed.hydra.runtime.choices
+        return load_config(_without_hydra(composed), require_teacher=False), choices
+
+    def teacher(self, row, option: str) -> tuple[str, Path]:
+        """The teacher a distillation row uses (given, or planned) and its checkpoint."""
+        if option in self.given or "*" in self.given:
+            path = self.given.get(option, self.given.get("*"))
+            return f"given:{path}", Path(path)
+        overrides = [*self.base, "train=teacher", *_teacher_overrides(row.overrides)]
+        key = tuple(overrides)
+        if key not in self._teachers:
+            digest = config_digest(to_plain(load_config(_without_hydra(self.compose(_composable(overrides))))))
+            name = f"{option}-{digest[:8]}"
+            teacher = self.plan.teachers.setdefault(name, TeacherPlan(name, overrides, teacher_dir(self.runs_root, self.scale, name), digest))
+            self.plan.identities[str(teacher.checkpoint.resolve())] = run_identity(digest)
+            self._teachers[key] = teacher
+        return self._teachers[key].name, self._teachers[key].checkpoint
+
+    def row(self, row) -> None:
+        plan, name = self.plan, row_name(self.plan.table, row.id)
+        try:
+            cfg, choices = self.config(name, self.seeds[0])
+        except ComponentNotImplemented as err:
+            plan.not_implemented[row.id] = str(err)
+            return
+        teacher, checkpoint = self.teacher(row, choices.teacher) if cfg.distilling else (None, None)
+        states = []
+        for seed in self.seeds:
+            if seed != self.seeds[0]:
+                cfg, _ = self.config(name, seed)
+            expected = expected_config(cfg, checkpoint)
+            digest = plan.digests.setdefault(row.id, {})[seed] = config_digest(expected, plan.identities)
+            path = seed_dir(self.runs_root, self.scale, plan.table, row.id, seed)
+            states.append(run_state(path, digest, plan.identities))
+            if states[-1] == "stale":
+                recorded = read_config(path)
+                diff = config_diff(recorded, expected, plan.identities) if recorded else ["no readable config.yaml"]
+                plan.stale.setdefault(row.id, {})[seed] = "; ".join(diff[:6]) or "its metrics.json has another config digest"
+        if all(state == "finished" for state in states):
+            plan.finished.append(row.id)
+        else:
+            plan.to_run.setdefault(teacher, []).append(row.id)
 
 
 def plan_table(
     spec, *, runs_root: str | Path, scale: str, seeds: Sequence[int], base: Sequence[str], compose: Compose,
     teacher_checkpoints: dict[str, str] | None = None,
 ) -> TablePlan:
-    """Decide, for every row of ``spec``, whether it is finished, not implemented, or to run (and with which teacher).
+    """Decide, for every row of ``spec``, whether it is finished, not implemented, or to run (and with which
+    teacher), and the config digest each of its runs must have (``plan.digests``, for the collector too).
+    Reads run directories only; :func:`run_plan` writes.
 
     ``teacher_checkpoints`` maps a teacher option (or ``"*"`` for every teacher) to a
     checkpoint to use instead of training one.
     """
-    given = teacher_checkpoints or {}
     plan = TablePlan(spec.number, table_dir(runs_root, scale, spec.number))
+    planner = _Planner(plan, runs_root, scale, list(seeds), list(base), compose, dict(teacher_checkpoints or {}))
     for row in spec.rows:
-        cfg = compose([*base, f"+row={row_name(spec.number, row.id)}"])
-        choices = cfg.hydra.runtime.choices
-        cfg = _without_hydra(cfg)
-        needs_teacher = cfg.train.role == "student" and bool(cfg.distill.methods)
-        try:
-            load_config(cfg, require_teacher=False)
-        except ComponentNotImplemented as err:
-            plan.not_implemented[row.id] = str(err)
-            continue
-        (row_dir(runs_root, scale, spec.number, row.id) / NOT_IMPLEMENTED_FILE).unlink(missing_ok=True)  # implemented since
-        if all((seed_dir(runs_root, scale, spec.number, row.id, s) / METRICS_FILE).is_file() for s in seeds):
-            plan.finished.append(row.id)
-            continue
-        teacher = None
-        if needs_teacher:
-            option = choices.teacher
-            if option in given or "*" in given:
-                teacher = f"given:{given.get(option, given.get('*'))}"
-            else:
-                overrides = [*base, "train=teacher", *_teacher_overrides(row.overrides)]
-                tcfg = load_config(_without_hydra(compose(overrides)))
-                teacher = f"{option}-{config_digest(to_plain(tcfg))[:8]}"
-                plan.teachers.setdefault(teacher, TeacherPlan(teacher, overrides, teacher_dir(runs_root, scale, teacher)))
-        plan.to_run.setdefault(teacher, []).append(row.id)
+        planner.row(row)
     return plan
 
 
 def mark_not_implemented(plan: TablePlan) -> None:
+    """Write each not-implemented row's marker; remove it from rows implemented since."""
     for row_id, reason in plan.not_implemented.items():
         atomic_write_json({"status": "not_implemented", "error": reason, "marked_at": now()},
                           plan.table_dir / row_id / NOT_IMPLEMENTED_FILE)
+    for row_id in plan.digests:
+        (plan.table_dir / row_id / NOT_IMPLEMENTED_FILE).unlink(missing_ok=True)
+
+
+def set_aside_stale(plan: TablePlan, rows: Sequence[str]) -> list[Path]:
+    """Move the seed directories of ``rows`` that hold a run of another config to ``seed<S>.stale-<time>``."""
+    moved = []
+    for row in rows:
+        for seed, diff in plan.stale.get(row, {}).items():
+            path = plan.table_dir / ROW_SEED.format(row=row, seed=seed)
+            try:
+                moved.append(move_aside(path))
+            except RunDirBusy as err:
+                log.error("table%d/%s seed %d is stale but %s", plan.table, row, seed, err)
+                continue
+            log.warning("table%d/%s seed %d: its run had another config (%s); moved to %s, rerunning",
+                        plan.table, row, seed, diff, moved[-1].name)
+    return moved
 
 
 def _launcher_overrides(launcher: str) -> list[str]:
@@ -150,25 +241,39 @@ def rows_command(plan: TablePlan, teacher: str | None, seeds: Sequence[int], bas
     return cmd
 
 
+def _train_teacher(name: str, teacher: TeacherPlan, launcher: str, dry_run: bool) -> int:
+    state = teacher.state
+    if state == "finished":
+        log.info("teacher %s: finished, reused (%s)", name, teacher.run_dir)
+        return 0
+    if state == "stale":
+        log.warning("teacher %s: %s holds a teacher of another config; it is moved aside and retrained", name, teacher.run_dir)
+        if not dry_run:
+            move_aside(teacher.run_dir)
+    code = _run(teacher_command(teacher, launcher), dry_run)
+    if code != 0 or (not dry_run and not teacher.finished):
+        log.error("teacher %s failed (exit %d); its rows are skipped", name, code)
+        return code or 1
+    return 0
+
+
 def run_plan(plan: TablePlan, *, seeds: Sequence[int], base: Sequence[str], launcher: str = "basic",
              dry_run: bool = False) -> int:
-    """Train the missing teachers, then every row group; return the worst exit status."""
+    """Train the missing teachers, move stale runs aside, then run every row group; return the worst exit status."""
     if not dry_run:
         mark_not_implemented(plan)
     status = 0
     failed_teachers = set()
     for name, teacher in plan.teachers.items():
-        if teacher.finished:
-            log.info("teacher %s: finished, reused (%s)", name, teacher.run_dir)
-            continue
-        code = _run(teacher_command(teacher, launcher), dry_run)
-        if code != 0 or (not dry_run and not teacher.finished):
-            log.error("teacher %s failed (exit %d); its rows are skipped", name, code)
+        code = _train_teacher(name, teacher, launcher, dry_run)
+        if code:
             failed_teachers.add(name)
-            status = max(status, code or 1)
-    for teacher in plan.to_run:
+            status = max(status, code)
+    for teacher, rows in plan.to_run.items():
         if teacher in failed_teachers:
             continue
+        if not dry_run:
+            set_aside_stale(plan, rows)
         status = max(status, _run(rows_command(plan, teacher, seeds, base, launcher), dry_run))
     return status
 

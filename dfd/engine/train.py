@@ -7,23 +7,42 @@ family interface (:mod:`dfd.models.family`) and never names a family.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
 from dfd.data import EpochBatchSampler, collate
 from dfd.distill import FeatureDistillation
 from dfd.models import Family, build_model, get_family, inherit_matching
-from dfd.rundir import CHECKPOINT, CONFIG_FILE, METRICS_FILE, atomic_write_text, config_diff, config_digest, read_json
+from dfd.rundir import (
+    CHECKPOINT,
+    CONFIG_FILE,
+    LOG_FILE,
+    METRICS_FILE,
+    REPLACED_PREFIX,
+    RunLock,
+    config_diff,
+    config_digest,
+    discard,
+    is_fresh,
+    move_contents_aside,
+    read_config,
+    read_json,
+    remove_temp_files,
+    run_state,
+    write_config,
+)
 
 from . import teachers
 from .checkpoint import atomic_save, load_teacher, model_record, rng_state, set_rng_state
@@ -34,7 +53,7 @@ from .evaluate import evaluate_model
 from .evaluators import primary_metric
 from .logger import RunLogger
 from .optim import build_ema, build_optimizer, build_scheduler, current_lrs, param_groups
-from .runinfo import code_version, experiment_info, now, write_metrics
+from .runinfo import code_version, describe_model, experiment_info, metrics_table, now, run_label, write_failure, write_metrics
 from .setup import amp_dtype, datasets, setup_process
 
 log = logging.getLogger(__name__)
@@ -64,6 +83,9 @@ class Run:
     start: int = 0
     optimization: dict[str, Any] = field(default_factory=dict)  # the effective lr and total batch
     timings: dict[str, Any] = field(default_factory=dict)
+    iteration: int = 0  # iterations done
+    saved: int = 0  # the iteration the run directory's checkpoint holds (0: none yet)
+    started: float = field(default_factory=time.perf_counter)
 
     @property
     def model(self) -> nn.Module:
@@ -100,7 +122,7 @@ def _used_levels(cfg: Config) -> list[str]:
     return levels
 
 
-def build_run(cfg: Config, run_dir: Path, info: DistInfo, device: torch.device) -> Run:
+def build_run(cfg: Config, run_dir: Path, info: DistInfo, device: torch.device, plain: dict[str, Any] | None = None) -> Run:
     family = get_family(cfg.model.family, cfg.role)
     train_set, val_set = datasets(cfg, family)
     distiller = build_distiller(cfg, train_set.num_classes, device)
@@ -108,7 +130,7 @@ def build_run(cfg: Config, run_dir: Path, info: DistInfo, device: torch.device) 
         verify_teacher(cfg, distiller.teacher, val_set, info, device)
     if info.enabled and device.type == "cuda" and cfg.trainer.sync_bn:
         distiller.student = nn.SyncBatchNorm.convert_sync_batchnorm(distiller.student)
-    plain = to_plain(cfg)
+    plain = plain if plain is not None else to_plain(cfg)
     return Run(cfg, run_dir, info, device, amp_dtype(cfg.trainer.amp, device), family, train_set, val_set,
                distiller, plain, config_digest(plain))
 
@@ -151,6 +173,7 @@ def build_optimization(run: Run) -> None:
 
 def save(run: Run, iteration: int, finished: bool) -> None:
     """Write the checkpoint (main process only), atomically."""
+    run.saved = iteration
     if not run.info.is_main:
         return
     distiller = run.distiller
@@ -198,7 +221,7 @@ def resume_or_start(run: Run) -> None:
     run.scheduler.load_state_dict(ckpt["scheduler"])
     run.scaler.load_state_dict(ckpt["scaler"])
     set_rng_state(ckpt["rng"])
-    run.start = int(ckpt["iteration"])
+    run.start = run.saved = run.iteration = int(ckpt["iteration"])
     log.info("resuming %s from iteration %d of %d", run.run_dir, run.start, run.total)
 
 
@@ -250,7 +273,7 @@ def train(run: Run, logger: RunLogger) -> dict[str, float]:
     if run.info.enabled:
         ids = [run.device.index] if run.device.type == "cuda" else None
         train_model = nn.parallel.DistributedDataParallel(run.distiller, device_ids=ids)
-    bar = tqdm(total=run.total, initial=run.start, desc=f"{run.cfg.role} {run.run_dir.name}", dynamic_ncols=True,
+    bar = tqdm(total=run.total, initial=run.start, desc=run_label(run.cfg, run.run_dir), dynamic_ncols=True,
                disable=not (run.cfg.trainer.progress and run.info.is_main), mininterval=0.5 if sys.stderr.isatty() else 30.0)
     last: dict[str, float] = {}
     it, t_loop = run.start, time.perf_counter()
@@ -262,7 +285,7 @@ def train(run: Run, logger: RunLogger) -> dict[str, float]:
                 if it >= run.total:
                     break
                 terms = step(run, train_model, images, targets, it)
-                it += 1
+                it = run.iteration = it + 1
                 bar.update(1)
                 if it % run.cfg.trainer.log_interval == 0 or it == run.total:
                     last = _log_values(terms, run, epoch)
@@ -288,23 +311,71 @@ def evaluate(run: Run) -> dict[str, float | None]:
     return metrics
 
 
-# ----------------------------------------------------------------------------- the run
+# ----------------------------------------------------------------------------- the run directory
 
 
-def finished_record(cfg: Config, run_dir: Path, digest: str) -> dict[str, Any] | None:
-    """The metrics of a finished run in ``run_dir`` with this config, or None; another config there is an error."""
-    path = run_dir / METRICS_FILE
-    if not path.is_file():
+def _is_main_process() -> bool:
+    """Rank 0 under torchrun, or a single process: the process that owns the run directory's files."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _refusal(run_dir: Path, plain: dict[str, Any], what: str) -> str:
+    recorded = read_config(run_dir)
+    diff = config_diff(recorded, plain) if recorded else [f"its {CONFIG_FILE} is missing or unreadable"]
+    shown = "; ".join(diff[:8]) + (f"; and {len(diff) - 8} more" if len(diff) > 8 else "")
+    return (f"{run_dir} holds {what} with another config ({shown}); use a new directory, or trainer.overwrite=true "
+            f"to redo it there (the old run's files are then kept in {run_dir / REPLACED_PREFIX}<time>/)")
+
+
+def finished_record(cfg: Config, run_dir: Path, digest: str, plain: dict[str, Any] | None = None,
+                    owner: bool = True) -> dict[str, Any] | None:
+    """The metrics of a finished run in ``run_dir`` with this config, or None (nothing there, or a run of
+    this config to resume). A run of another config there is refused, naming what differs; with
+    ``trainer.overwrite=true`` its files are moved into ``<run_dir>/replaced-<time>/`` (``owner`` only)."""
+    state = run_state(run_dir, digest)
+    if state == "finished":
+        return read_json(run_dir / METRICS_FILE)
+    if state != "stale" or not owner:
         return None
-    record = read_json(path)
-    if record.get("config_digest") == digest:
-        return record
     if cfg.trainer.overwrite:
-        path.rename(path.with_name(f"metrics.replaced-{time.strftime('%Y%m%d-%H%M%S')}.json"))
-        (run_dir / CHECKPOINT).unlink(missing_ok=True)
+        moved = move_contents_aside(run_dir)
+        log.warning("trainer.overwrite=true: the run of another config in %s is kept in %s", run_dir, moved)
         return None
-    raise ConfigError(f"{run_dir} holds a finished run with another config; use a new directory, "
-                      "or trainer.overwrite=true to redo it (the old metrics.json is kept renamed)")
+    what = "a finished run" if (run_dir / METRICS_FILE).is_file() else "an unfinished run"
+    raise ConfigError(_refusal(run_dir, plain if plain is not None else to_plain(cfg), what))
+
+
+@contextlib.contextmanager
+def run_log(run_dir: Path, enabled: bool = True) -> Iterator[None]:
+    """Copy the run's log records (``dfd`` at INFO and up, and whatever reaches the root logger) into
+    ``<run_dir>/train.log``, however the run was started (Hydra's app, or :func:`run_training` called directly)."""
+    if not enabled:
+        yield
+        return
+    handler = logging.FileHandler(run_dir / LOG_FILE, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    root, package = logging.getLogger(), logging.getLogger("dfd")
+    level = package.level
+    if package.getEffectiveLevel() > logging.INFO:
+        package.setLevel(logging.INFO)
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+        package.setLevel(level)
+
+
+def interrupted_message(run: Run) -> str:
+    """What a Ctrl-C leaves: where the run stopped, what its checkpoint holds, how to resume."""
+    held = (f"{run.run_dir / CHECKPOINT} holds iteration {run.saved}" if run.saved
+            else "no checkpoint was written yet, so it starts again from iteration 0")
+    return (f"interrupted at iteration {run.iteration} of {run.total}: {held}. The same command resumes it from there "
+            f"when it uses the same run directory ({run.run_dir})")
+
+
+# ----------------------------------------------------------------------------- the run
 
 
 def objective(cfg: Config, record: dict[str, Any]) -> float | None:
@@ -313,48 +384,100 @@ def objective(cfg: Config, record: dict[str, Any]) -> float | None:
     return (record.get("metrics") or {}).get(key)
 
 
+def start_run(cfg: Config, run_dir: Path, plain: dict[str, Any]) -> Run:
+    """Everything before the first step: process, data, models, optimisation, resumption; then ``config.yaml``."""
+    started = time.perf_counter()
+    scale = cfg.scale.name
+    log.info("%s trains the %s", run_label(cfg, run_dir), describe_model(cfg.model, cfg.role, scale))
+    if cfg.distilling:
+        log.info("distilling %s from the %s, checkpoint %s", "+".join(cfg.distill.methods),
+                 describe_model(cfg.teacher, "teacher", scale), cfg.teacher.checkpoint or cfg.teacher.weights)
+    info, device = setup_process(cfg)
+    run = build_run(cfg, run_dir, info, device, plain)
+    run.started = started
+    build_optimization(run)
+    resume_or_start(run)
+    if info.is_main:
+        write_config(run_dir, run.plain)
+    return run
+
+
+def train_and_finish(run: Run) -> dict[str, Any]:
+    """Train, evaluate, write metrics.json; a failure writes failed.json, a Ctrl-C says how to resume."""
+    cfg, info, device, run_dir = run.cfg, run.info, run.device, run.run_dir
+    logger = None
+    try:
+        logger = RunLogger.for_run(run_dir, cfg, run.plain, enabled=info.is_main)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        losses = train(run, logger)
+        save(run, run.total, finished=True)
+        barrier(info)
+        if device.type == "cuda":
+            run.timings["peak_mem_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
+        metrics = evaluate(run) if cfg.trainer.evaluate else {}
+        run.timings["total_s"] = round(time.perf_counter() - run.started, 3)
+        record: dict[str, Any] = {}
+        if info.is_main:
+            logger.log({k: v for k, v in metrics.items() if v is not None}, step=run.total)
+            logger.summary({**metrics, **{f"time/{k}": v for k, v in run.timings.items()}})
+            record = write_metrics(run_dir, metrics=metrics, losses=losses, timings=run.timings, experiment=experiment_info(cfg),
+                                   version=code_version(), config_digest=run.digest, optimization=run.optimization)
+            log.info("finished %s (%s, %d iterations, %.0f s):\n%s", run_dir, run_label(cfg, run_dir), run.total,
+                     run.timings["total_s"], metrics_table(metrics))
+        barrier(info)
+        return record
+    except KeyboardInterrupt:
+        if info.is_main:
+            log.warning("%s", interrupted_message(run))
+        raise
+    except Exception as err:
+        if info.is_main:
+            write_failure(run_dir, err, experiment_info(cfg))
+            log.error("%s failed at iteration %d: %s: %s", run_dir, run.iteration, type(err).__name__, err)
+        raise
+    finally:
+        if logger is not None:
+            logger.finish()
+
+
 def run_training(cfg: Config | DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     """Train (and evaluate) the teacher or the student of ``cfg`` in ``run_dir``; return the metrics record.
 
+    The run holds ``run_dir``'s lock for its whole life (a second run there is refused at once).
     A finished run with the same config is not redone; an interrupted one resumes from
-    ``checkpoints/last.pth``.
+    ``checkpoints/last.pth``; a run of another config there is refused before any file is touched.
+    A run that fails before its first step in a fresh directory leaves no directory behind.
     """
     cfg = load_config(cfg)
     if cfg.distilling:
         cfg = teachers.resolve_checkpoint(cfg)  # teacher.checkpoint=auto: the published one, fetched and converted
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    done = finished_record(cfg, run_dir, config_digest(to_plain(cfg)))
-    if done is not None:
-        log.info("%s already holds this finished run; nothing to do", run_dir)
-        return done
-    t_start = time.perf_counter()
-    info, device = setup_process(cfg)
-    run = build_run(cfg, run_dir, info, device)
-    if info.is_main:
-        atomic_write_text(run_dir / CONFIG_FILE, OmegaConf.to_yaml(run.plain))
-    build_optimization(run)
-    resume_or_start(run)
-    logger = RunLogger.for_run(run_dir, cfg, run.plain, enabled=info.is_main)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    losses = train(run, logger)
-    save(run, run.total, finished=True)
-    barrier(info)
-    if device.type == "cuda":
-        run.timings["peak_mem_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
-    metrics = evaluate(run) if cfg.trainer.evaluate else {}
-    run.timings["total_s"] = round(time.perf_counter() - t_start, 3)
-    record: dict[str, Any] = {}
-    if info.is_main:
-        logger.log({k: v for k, v in metrics.items() if v is not None}, step=run.total)
-        logger.summary({**metrics, **{f"time/{k}": v for k, v in run.timings.items()}})
-        record = write_metrics(run_dir, metrics=metrics, losses=losses, timings=run.timings, experiment=experiment_info(cfg),
-                               version=code_version(), config_digest=run.digest, optimization=run.optimization)
-        log.info("finished %s: %s", run_dir, ", ".join(f"{k}={v:.2f}" for k, v in metrics.items() if v is not None))
-    logger.finish()
-    barrier(info)
-    return record
+    run_dir, main = Path(run_dir), _is_main_process()
+    fresh = is_fresh(run_dir)
+    lock = RunLock(run_dir).acquire() if main else None
+    try:
+        removed = remove_temp_files(run_dir) if main else []
+        run_dir.mkdir(parents=True, exist_ok=True)
+        plain = to_plain(cfg)
+        done = finished_record(cfg, run_dir, config_digest(plain), plain, owner=main)
+        if done is not None:
+            log.info("%s already holds this finished run; nothing to do", run_dir)
+            return done
+        started = False
+        try:
+            with run_log(run_dir, enabled=main):
+                for path in removed:
+                    log.info("removed %s, left by a run killed while writing it", path)
+                run = start_run(cfg, run_dir, plain)
+                started = True
+                return train_and_finish(run)
+        except BaseException:
+            if main and fresh and not started:
+                discard(run_dir, lock)  # nothing of it is kept: the directory goes too
+            raise
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 __all__ = ["Run", "finished_record", "objective", "run_training"]

@@ -10,7 +10,7 @@ or ``dfd.distill``.
 
 from __future__ import annotations
 
-from .formats import latex_escape, log_wandb, records, to_csv, to_latex, to_markdown, write_tables
+from .formats import latex_escape, log_wandb, output_stem, records, summary_lines, to_csv, to_latex, to_markdown, write_tables
 from .runs import SCALES, RowRuns, SeedResult, read_row, read_seed, row_dir, seed_dir
 from .spec import GroupSpec, MetricSpec, RowSpec, SpecError, TableSpec, load_spec, spec_path
 from .tables import Cell, CollectedRow, CollectedTable, collect_table
@@ -31,12 +31,14 @@ __all__ = [
     "latex_escape",
     "load_spec",
     "log_wandb",
+    "output_stem",
     "read_row",
     "read_seed",
     "records",
     "row_dir",
     "seed_dir",
     "spec_path",
+    "summary_lines",
     "to_csv",
     "to_latex",
     "to_markdown",

@@ -1,7 +1,8 @@
 """Writing a :class:`CollectedTable` as Markdown, CSV and LaTeX, and logging it to W&B.
 
 Cells without a number a run produced are "—" (Markdown), "---" (LaTeX) or empty
-(CSV), never 0.
+(CSV), never 0. A table with missing, partial, stale, failed or error rows is written
+beside the results (``table<N>.partial.*``), never over them, unless asked (``force``).
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ from typing import Any
 
 from dfd.rundir import atomic_write_text
 
-from .tables import CollectedRow, CollectedTable
+from .tables import CollectedRow, CollectedTable, short_error
 
 __all__ = [
     "SMOKE_WARNING",
     "latex_escape",
     "log_wandb",
+    "output_stem",
     "records",
+    "summary_lines",
     "to_csv",
     "to_latex",
     "to_markdown",
@@ -32,6 +35,7 @@ SMOKE_WARNING = (
     "They show that the pipeline runs end to end and are NOT comparable with the paper's numbers."
 )
 CSV_ROUND = 4
+PARTIAL_SUFFIX = ".partial"  # table<N>.partial.md: a table that is not complete, beside the results
 
 
 # --------------------------------------------------------------------------- numbers
@@ -266,25 +270,39 @@ def _scale_of(md_path: Path) -> str | None:
     return None
 
 
-def output_stem(table: CollectedTable, out_dir: str | Path) -> str:
-    """``table<N>``, or ``table<N>.smoke`` when ``table<N>.md`` already holds a full-scale table:
-    a smoke collection never replaces the paper-scale one."""
+def output_stem(table: CollectedTable, out_dir: str | Path, force: bool = False) -> str:
+    """``table<N>``; ``table<N>.smoke`` when ``table<N>.md`` already holds a full-scale table (a smoke
+    collection never replaces the paper-scale one); then ``.partial`` when the table is not complete
+    (some row missing, partial, stale, failed or in error) and ``force`` is false."""
     stem = table.spec.name
     if table.scale != "full" and _scale_of(Path(out_dir) / f"{stem}.md") == "full":
-        return f"{stem}.{table.scale}"
-    return stem
+        stem = f"{stem}.{table.scale}"
+    return stem if table.complete or force else stem + PARTIAL_SUFFIX
 
 
-def write_tables(table: CollectedTable, out_dir: str | Path) -> dict[str, Path]:
-    """Write ``table<N>.md``, ``.csv`` and ``.tex`` into ``out_dir`` (see :func:`output_stem`);
-    returns format -> path."""
+def write_tables(table: CollectedTable, out_dir: str | Path, force: bool = False) -> dict[str, Path]:
+    """Write ``.md``, ``.csv`` and ``.tex`` into ``out_dir`` under :func:`output_stem`'s name: a table that
+    is not complete goes beside the results (``table<N>.partial.*``) unless ``force``; returns format -> path."""
     out_dir = Path(out_dir)
-    stem = output_stem(table, out_dir)
+    stem = output_stem(table, out_dir, force)
     return {
         "md": atomic_write_text(out_dir / f"{stem}.md", to_markdown(table)),
         "csv": atomic_write_text(out_dir / f"{stem}.csv", to_csv(table)),
         "tex": atomic_write_text(out_dir / f"{stem}.tex", to_latex(table)),
     }
+
+
+def summary_lines(table: CollectedTable) -> list[str]:
+    """One line per row: its id, status and main metric (the spec's first column), ours and the paper's."""
+    name, metric = next(iter(table.spec.metrics.items()))
+    width = max(len(row.spec.id) for row in table.rows)
+    lines = []
+    for row in table.rows:
+        cell = row.cells[name]
+        ours = _reproduced(row, name, metric.decimals) or EMPTY
+        paper = _num(cell.paper, metric.decimals) or EMPTY
+        lines.append(f"{row.spec.id:<{width}}  {name} {ours:>12} (paper {paper})  {short_error(row.status_text, 90)}")
+    return lines
 
 
 def log_wandb(table: CollectedTable, project: str = "dfd", mode: str = "offline", **init_kwargs: Any) -> None:

@@ -4,12 +4,15 @@ Layout: ``<runs_root>/<scale>/table<N>/<row_id>/seed<S>/`` holding ``metrics.jso
 (finished) or ``failed.json`` (failed); a seed directory with neither is a run still
 going or interrupted. The sweep driver may put ``not_implemented.json`` in the row
 directory. A ``metrics.json`` whose ``experiment`` identity disagrees with where it
-lies is reported as an error, never used.
+lies is reported as an error, never used. Given the config digest the row's run must
+have (computed by the caller, which composes the row's config: this package never
+composes configs), a finished run of another config is ``stale``, never used.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -27,7 +30,7 @@ __all__ = [
     "seed_dir",
 ]
 
-SeedStatus = Literal["finished", "failed", "incomplete", "missing", "error"]
+SeedStatus = Literal["finished", "stale", "failed", "incomplete", "missing", "error"]
 
 
 @dataclass
@@ -94,8 +97,19 @@ def _identity_mismatch(experiment: Any, expected: dict[str, Any]) -> str | None:
     return "; ".join(problems) or None
 
 
-def read_seed(runs_root: str | Path, scale: str, table: int, row_id: str, seed: int) -> SeedResult:
-    """Read one seed directory; a JSON problem or identity mismatch gives status 'error'."""
+def _staleness(data: dict[str, Any], metrics_file: Path, expected_digest: str | None) -> str | None:
+    """Why a finished run is not a run of the row's config, or None."""
+    if expected_digest is None or data.get("config_digest") == expected_digest:
+        return None
+    recorded = data.get("config_digest")
+    return (f"{metrics_file}: the run has config digest {recorded!r}, the row {expected_digest!r}: it ran another "
+            "config (other overrides, teacher or code); rerun the table, or collect with the overrides it was run with")
+
+
+def read_seed(runs_root: str | Path, scale: str, table: int, row_id: str, seed: int,
+              expected_digest: str | None = None) -> SeedResult:
+    """Read one seed directory; a JSON problem or identity mismatch gives status 'error', a finished run
+    whose ``config_digest`` is not ``expected_digest`` (when given) status 'stale'."""
     path = seed_dir(runs_root, scale, table, row_id, seed)
     if not path.is_dir():
         return SeedResult(seed=seed, status="missing", path=path)
@@ -114,6 +128,9 @@ def read_seed(runs_root: str | Path, scale: str, table: int, row_id: str, seed: 
         metrics = data.get("metrics")
         if not isinstance(metrics, dict):
             return SeedResult(seed, "error", path, error=f"{metrics_file}: no 'metrics' object")
+        stale = _staleness(data, metrics_file, expected_digest)
+        if stale:
+            return SeedResult(seed, "stale", path, experiment=data["experiment"], error=stale)
         return SeedResult(
             seed=seed,
             status="finished",
@@ -135,9 +152,11 @@ def read_seed(runs_root: str | Path, scale: str, table: int, row_id: str, seed: 
 
 
 def read_row(
-    runs_root: str | Path, scale: str, table: int, row_id: str, seeds: list[int]
+    runs_root: str | Path, scale: str, table: int, row_id: str, seeds: list[int],
+    expected: Mapping[int, str] | None = None,
 ) -> RowRuns:
-    """Read the requested seeds of one row and its ``not_implemented.json``, if any."""
+    """Read the requested seeds of one row and its ``not_implemented.json``, if any;
+    ``expected`` maps a seed to the config digest its run must have."""
     path = row_dir(runs_root, scale, table, row_id)
     not_implemented = None
     marker = path / NOT_IMPLEMENTED_FILE
@@ -146,5 +165,5 @@ def read_row(
             not_implemented = str(read_json(marker).get("error") or "not implemented")
         except (OSError, ValueError) as exc:
             not_implemented = f"unreadable not_implemented.json ({exc})"
-    results = [read_seed(runs_root, scale, table, row_id, seed) for seed in seeds]
+    results = [read_seed(runs_root, scale, table, row_id, seed, (expected or {}).get(seed)) for seed in seeds]
     return RowRuns(path=path, seeds=results, not_implemented=not_implemented)

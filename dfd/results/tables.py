@@ -4,6 +4,8 @@ Row status, in order of precedence:
 
 - ``error``: some requested seed has an unreadable or mismatched ``metrics.json``;
   the row shows no numbers until the directory is fixed.
+- ``stale``: some requested seed finished with another config than the row's (its
+  ``config_digest`` is not the expected one); the row shows no numbers until it is rerun.
 - ``ok``: every requested seed finished.
 - ``partial``: some, not all, finished; numbers come from the finished ones.
 - ``not_implemented``: nothing finished and the sweep driver left ``not_implemented.json``.
@@ -18,6 +20,7 @@ least two seeds define the metric, and Δ = mean - paper.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -25,9 +28,10 @@ from typing import Literal
 from .runs import SCALES, RowRuns, SeedResult, read_row
 from .spec import RowSpec, TableSpec
 
-__all__ = ["Cell", "CollectedRow", "CollectedTable", "RowStatus", "collect_table", "short_error"]
+__all__ = ["COMPLETE_STATUSES", "Cell", "CollectedRow", "CollectedTable", "RowStatus", "collect_table", "short_error"]
 
-RowStatus = Literal["ok", "partial", "missing", "failed", "not_implemented", "error"]
+RowStatus = Literal["ok", "partial", "missing", "stale", "failed", "not_implemented", "error"]
+COMPLETE_STATUSES = ("ok", "not_implemented")  # a table whose rows all have one of these is complete
 
 
 def short_error(message: str, limit: int = 100) -> str:
@@ -100,7 +104,7 @@ class CollectedRow:
         for seed in self.runs.seeds:
             if seed.status == "missing" and self.status == "partial":
                 out.append(f"seed {seed.seed}: missing (no {seed.path})")
-            if seed.status in ("failed", "error"):
+            if seed.status in ("failed", "error", "stale"):
                 out.append(f"seed {seed.seed}: {seed.status}: {short_error(seed.error or '', 200)}")
             elif seed.status == "incomplete":
                 out.append(f"seed {seed.seed}: incomplete (running or interrupted) in {seed.path}")
@@ -116,6 +120,11 @@ class CollectedTable:
     seeds: list[int]
     runs_root: Path
     rows: list[CollectedRow]
+
+    @property
+    def complete(self) -> bool:
+        """Every row finished with all its seeds (or is not implemented): nothing missing, stale, failed or wrong."""
+        return all(row.status in COMPLETE_STATUSES for row in self.rows)
 
     @property
     def models(self) -> dict[str, list[str]]:
@@ -157,6 +166,7 @@ def _collect_row(spec: TableSpec, row: RowSpec, runs: RowRuns) -> CollectedRow:
     n_seeds = len(runs.seeds)
     finished = runs.with_status("finished")
     errors = runs.with_status("error")
+    stale = runs.with_status("stale")
     failed = runs.with_status("failed")
     incomplete = runs.with_status("incomplete")
     cells = {name: Cell(paper=row.paper.get(name)) for name in spec.metrics}
@@ -170,6 +180,8 @@ def _collect_row(spec: TableSpec, row: RowSpec, runs: RowRuns) -> CollectedRow:
 
     if errors:
         return make("error", short_error(errors[0].error or "", 300))
+    if stale:
+        return make("stale", "seed " + ", ".join(str(s.seed) for s in stale) + " ran another config than the row's")
     if finished and len(finished) == n_seeds:
         return make("ok", use_numbers=True)
     if finished:
@@ -184,16 +196,22 @@ def _collect_row(spec: TableSpec, row: RowSpec, runs: RowRuns) -> CollectedRow:
 
 
 def collect_table(
-    spec: TableSpec, runs_root: str | Path, scale: str, seeds: list[int] | tuple[int, ...] = (0,)
+    spec: TableSpec, runs_root: str | Path, scale: str, seeds: list[int] | tuple[int, ...] = (0,),
+    expected: Mapping[str, Mapping[int, str]] | None = None,
 ) -> CollectedTable:
-    """Read ``<runs_root>/<scale>/table<N>/<row>/seed<S>`` for every row of ``spec``."""
+    """Read ``<runs_root>/<scale>/table<N>/<row>/seed<S>`` for every row of ``spec``.
+
+    ``expected`` maps a row id and a seed to the config digest its run must have (the sweep's
+    plan computes them: ``dfd.engine.sweep.plan_table(...).digests``); a finished run with
+    another digest makes the row ``stale``. Rows and seeds it does not name are not checked.
+    """
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be a non-empty list of distinct integers, got {seeds}")
     rows = [
-        _collect_row(spec, row, read_row(runs_root, scale, spec.number, row.id, seeds))
+        _collect_row(spec, row, read_row(runs_root, scale, spec.number, row.id, seeds, (expected or {}).get(row.id)))
         for row in spec.rows
     ]
     return CollectedTable(spec=spec, scale=scale, seeds=seeds, runs_root=Path(runs_root), rows=rows)
