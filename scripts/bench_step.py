@@ -4,7 +4,8 @@
     python scripts/bench_step.py                                   # smoke sizes, CPU: none vs dfd vs mse
     python scripts/bench_step.py scale=full methods=none,dfd,mgd,fgd,pkd iters=20   # on a GPU: 1333x800, X101 -> R50, bf16
 
-Random images of the configured input size (data.max_size × data.min_size) and random boxes;
+Random images of the configured input size (data.max_size × data.min_size) and random boxes (for
+instance families, e.g. ``student=mask_rcnn_swin_t``, each box filled as its mask);
 teacher and student with random weights (speed does not depend on them). Any other key=value
 is a Hydra override of the training config (e.g. data.batch_size=2 trainer.amp=bf16).
 """
@@ -26,7 +27,8 @@ from dfd.engine.config import Config, compose_config, distill_levels, load_confi
 from dfd.engine.dist import DistInfo, resolve_device  # noqa: E402
 from dfd.engine.distiller import Distiller, probe_channels  # noqa: E402
 from dfd.engine.setup import amp_dtype  # noqa: E402
-from dfd.models import build_model, without_pretrained  # noqa: E402
+from dfd.models import build_model, get_family, without_pretrained  # noqa: E402
+from dfd.models.two_stage import boxes_as_masks  # noqa: E402
 
 
 def bench(cfg: Config, methods: list[str], iters: int, warmup: int) -> dict[str, float]:
@@ -50,6 +52,9 @@ def bench(cfg: Config, methods: list[str], iters: int, warmup: int) -> dict[str,
         xy = torch.rand(8, 2, generator=g) * torch.tensor([w * 0.7, h * 0.7])
         wh = 16 + torch.rand(8, 2, generator=g) * torch.tensor([w * 0.3, h * 0.3])
         targets.append({"boxes": torch.cat([xy, xy + wh], 1), "labels": torch.randint(1, num_classes + 1, (8,), generator=g)})
+    if "masks" in get_family(cfg.student.family).target_keys:  # instance families: each box filled as its mask
+        for t in targets:
+            t["masks"] = boxes_as_masks(t["boxes"], (h, w))
     times = []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

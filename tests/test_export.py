@@ -13,11 +13,15 @@ from dfd.engine.export import export_student
 from dfd.models import build_model, options_from_dict
 from dfd.models.faster_rcnn import FasterRCNNOptions
 
+# torchvision's values of the options where mmdetection's Faster R-CNN (the default) predicts otherwise
+TORCHVISION_RCNN = dict(exact_anchors=False, roi_aligned=False, roi_sampling_ratio=2)
+
 
 @pytest.mark.slow
 def test_a_faster_rcnn_student_round_trips_through_torchvisions_builder(tmp_path: Path) -> None:
+    """With torchvision's options our Faster R-CNN predicts as torchvision's FasterRCNN with the same weights."""
     torch.manual_seed(0)
-    options = FasterRCNNOptions(backbone="resnet50", backbone_weights=None)
+    options = FasterRCNNOptions(backbone="resnet50", backbone_weights=None, **TORCHVISION_RCNN)
     ours = build_model(options, 3, "student").eval()
     ckpt = tmp_path / "last.pth"
     torch.save({"model": ours.state_dict(), "ema": None, **model_record("faster_rcnn", options, 3, {1: 1, 2: 3, 3: 7})}, ckpt)
@@ -25,7 +29,6 @@ def test_a_faster_rcnn_student_round_trips_through_torchvisions_builder(tmp_path
 
     theirs = torchvision.models.detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=4).eval()
     theirs.load_state_dict(torch.load(tmp_path / "student.pth", weights_only=True))  # strict
-    theirs.roi_heads.box_roi_pool.sampling_ratio = options.roi_sampling_ratio  # mmdetection's adaptive RoIAlign
     image = torch.rand(3, 800, 1067)  # a size torchvision's transform keeps (scale 1)
     with torch.no_grad():
         mine = ours.predict(ours.prepare([image], [{}], "cpu"))[0]

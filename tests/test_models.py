@@ -35,10 +35,19 @@ def _retinanet(backbone: str = "resnet18", **kw) -> torch.nn.Module:
     return build_retinanet(RetinaNetOptions(backbone=backbone, **{**SMALL, **kw}), 3)
 
 
-def _data(n: int = 2):
+def _data(n: int = 2, masks: bool = False):
+    """Two images with one box each; with ``masks`` (families whose target_keys include it) an ellipse mask in the box."""
     images = [torch.rand(3, 64, 80), torch.rand(3, 72, 60)][:n]
     targets = [{"boxes": torch.tensor([[4.0, 6.0, 40.0, 50.0]]), "labels": torch.tensor([1]), "image_id": i} for i in range(n)]
+    if masks:
+        for image, t in zip(images, targets):
+            ys, xs = torch.meshgrid(torch.arange(image.shape[1]) + 0.5, torch.arange(image.shape[2]) + 0.5, indexing="ij")
+            t["masks"] = (((xs - 22) / 18) ** 2 + ((ys - 28) / 22) ** 2 <= 1).to(torch.uint8)[None]
     return images, targets
+
+
+def _family_data(family: Family):
+    return _data(masks="masks" in family.target_keys)
 
 
 def _implemented_options(role: str) -> list[str]:
@@ -58,7 +67,7 @@ def test_every_family_keeps_the_contract(option: str) -> None:
     family = get_family(cfg.student.family)
     torch.manual_seed(0)
     model = build_model(cfg.student, 3, "student")
-    images, targets = _data()
+    images, targets = _family_data(family)
     batch = model.prepare(images, targets, "cpu")
     assert batch.image_sizes == [(64, 80), (72, 60)]
     assert batch.images.shape[-2] % model.input_spec.size_divisible == 0
@@ -84,7 +93,7 @@ def test_geometry_stays_fp32_under_bf16_autocast(option: str) -> None:
     cfg = load_config(compose_config(["scale=smoke", f"student={option}", "distill=none"]))
     torch.manual_seed(0)
     model = build_model(cfg.student, 3, "student")
-    batch = model.prepare(*_data(), "cpu")
+    batch = model.prepare(*_family_data(get_family(cfg.student.family)), "cpu")
     with torch.autocast("cpu", dtype=torch.bfloat16):
         model.train()
         out = model.train_step(batch)
@@ -219,7 +228,7 @@ def test_every_family_overfits_a_few_images(option: str, tmp_path: Path) -> None
     cfg = load_config(compose_config(["scale=smoke", f"student={option}", "distill=none"]))
     family = get_family(cfg.student.family)
     train, _ = build_datasets("synthetic", tmp_path, min_size=128, max_size=160, flip_prob=0.0,
-                              synthetic={"num_train": 4, "num_val": 1})
+                              with_masks="masks" in family.target_keys, synthetic={"num_train": 4, "num_val": 1})
     torch.manual_seed(0)
     model = build_model(cfg.student, train.num_classes, "student")
     images, targets = collate([train[i] for i in range(len(train))])

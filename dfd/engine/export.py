@@ -5,6 +5,9 @@ when the run kept one), and ``OUT.json``, what the weights are: family, options,
 ids. The state dict uses torchvision's names, so torchvision's own builder of the same model loads it
 (e.g. a Faster R-CNN R50 student: ``torchvision.models.detection.fasterrcnn_resnet50_fpn(weights=None,
 weights_backbone=None, num_classes=K + 1)``); ``dfd.models.build_model`` rebuilds it from ``OUT.json``.
+torchvision's model predicts as ours when the student was built with torchvision's option values
+(Faster R-CNN: ``exact_anchors=false roi_aligned=false roi_sampling_ratio=2``; tests/test_export.py); with
+mmdetection's (the defaults) the weights load the same, but its anchors and RoIAlign differ slightly from ours.
 """
 from __future__ import annotations
 
