@@ -37,6 +37,7 @@ from .mask_rcnn import INSTANCE_TARGETS
 from .mmdet import rename
 from .two_stage import (
     DEFAULT_LEVELS,
+    INHERIT_PREFIXES,
     LEVELS,
     ROI_LEVELS,
     ROI_STRIDES,
@@ -192,7 +193,7 @@ FAMILY = register_family(Family(
     task="instance",
     levels=LEVELS,
     default_levels=DEFAULT_LEVELS,
-    inherit_prefixes=("backbone.fpn.", "rpn.", "roi_heads."),
+    inherit_prefixes=INHERIT_PREFIXES,
     target_keys=INSTANCE_TARGETS,
     from_mmdet=cascade_mask_rcnn_from_mmdet,
 ))

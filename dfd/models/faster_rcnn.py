@@ -23,6 +23,7 @@ from .family import Family, register_family
 from .mmdet import rename
 from .two_stage import (
     DEFAULT_LEVELS,
+    INHERIT_PREFIXES,
     LEVELS,
     MaxPoolP6,
     RCNNFields,
@@ -87,6 +88,6 @@ FAMILY = register_family(Family(
     task="detection",
     levels=FASTER_RCNN_LEVELS,
     default_levels=DEFAULT_LEVELS,
-    inherit_prefixes=("backbone.fpn.", "rpn.", "roi_heads."),
+    inherit_prefixes=INHERIT_PREFIXES,
     from_mmdet=faster_rcnn_from_mmdet,
 ))

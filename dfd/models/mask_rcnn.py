@@ -23,6 +23,7 @@ from .faster_rcnn import resnet_fpn_p2_p6
 from .mmdet import rename
 from .two_stage import (
     DEFAULT_LEVELS,
+    INHERIT_PREFIXES,
     LEVELS,
     MaskFields,
     RCNNFields,
@@ -80,7 +81,7 @@ FAMILY = register_family(Family(
     task="instance",
     levels=LEVELS,
     default_levels=DEFAULT_LEVELS,
-    inherit_prefixes=("backbone.fpn.", "rpn.", "roi_heads."),
+    inherit_prefixes=INHERIT_PREFIXES,
     target_keys=INSTANCE_TARGETS,
     from_mmdet=mask_rcnn_from_mmdet,
 ))

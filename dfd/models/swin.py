@@ -39,6 +39,7 @@ from .mask_rcnn import INSTANCE_TARGETS
 from .mmdet import rename
 from .two_stage import (
     DEFAULT_LEVELS,
+    INHERIT_PREFIXES,
     LEVELS,
     MaskFields,
     MaxPoolP6,
@@ -261,7 +262,7 @@ FAMILY = register_family(Family(
     task="instance",
     levels=LEVELS,
     default_levels=DEFAULT_LEVELS,
-    inherit_prefixes=("backbone.fpn.", "rpn.", "roi_heads."),
+    inherit_prefixes=INHERIT_PREFIXES,
     target_keys=INSTANCE_TARGETS,
     from_mmdet=mask_rcnn_swin_from_mmdet,
 ))

@@ -54,6 +54,7 @@ from .retinanet import RetinaNetAnchors
 
 LEVELS = ("p2", "p3", "p4", "p5", "p6")  # every FPN output: strides 4..64, P6 by max-pooling P5
 DEFAULT_LEVELS = ("p2", "p3", "p4", "p5")  # the four fpn_convs outputs the baselines' configs distil
+INHERIT_PREFIXES = ("backbone.fpn.", "rpn.", "roi_heads.")  # what distill.inherit copies: neck and heads
 ROI_LEVELS = ("p2", "p3", "p4", "p5")  # the RoI extractor's levels (mmdetection: featmap_strides 4..32)
 ROI_STRIDES = (4, 8, 16, 32)
 FPN_INITS = ("xavier", "kaiming")
