@@ -203,6 +203,22 @@ def test_a_cascade_mask_rcnn_teaches_a_faster_rcnn_student_with_dfd(tmp_path: Pa
     assert {"distill/dfd/hd", "distill/dfd/ld"} <= set(record["losses"])
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("teacher, student, family", [
+    ("mask_rcnn_swin_s", "faster_rcnn_r50", "mask_rcnn_swin"),
+    ("reppoints_x101", "retinanet_r50", "reppoints"),
+])
+def test_a_checkpoint_of_each_new_family_teaches_a_student_of_another(tmp_path: Path, data_cache: Path, teacher: str,
+                                                                       student: str, family: str) -> None:
+    """A trained Swin (instance task) and RepPoints checkpoint each load as the teacher of another family."""
+    pair = [f"student={student}", f"teacher={teacher}"]
+    run_training(compose_config([*TINY, *pair, "train=teacher"]), tmp_path / "teacher")
+    ckpt = tmp_path / "teacher" / "checkpoints" / "last.pth"
+    record = run_training(compose_config([*TINY, *pair, "distill=dfd", f"teacher.checkpoint={ckpt}"]), tmp_path / "dfd")
+    assert record["experiment"]["teacher"].split()[0] == family, record["experiment"]["teacher"]
+    assert {"distill/dfd/hd", "distill/dfd/ld"} <= set(record["losses"]) and "bbox/AP" in record["metrics"]
+
+
 def test_the_cascade_teacher_has_mmdetections_stages_and_dcn_on_c3_to_c5() -> None:
     """``dcn/cascade_mask_rcnn_x101_32x4d_fpn_dconv_c3-c5_1x_coco`` on ``cascade_mask_rcnn_r50_fpn``."""
     full = load_config(compose_config(["scale=full", "teacher=cascade_mask_rcnn_x101", "distill=none"]), require_teacher=False).teacher
