@@ -14,7 +14,7 @@ ARGS ?=
 TABLES := 1 2 3 4 5 6 7
 REPRODUCE := $(addprefix reproduce-table-,$(TABLES))
 COLLECT := $(addprefix collect-table-,$(TABLES))
-.PHONY: help install demo test test-fast bench clean wandb-sync $(REPRODUCE) $(COLLECT)
+.PHONY: help install demo figures test test-fast bench clean wandb-sync $(REPRODUCE) $(COLLECT)
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
@@ -33,15 +33,19 @@ install: $(STAMP) ## Create .venv and install the package with its test tools
 demo: $(STAMP) ## Synthetic data, a teacher, students with and without DFD, one table (a few minutes on a CPU)
 	$(PY) scripts/demo.py runs_root=$(RUNS) $(ARGS)
 
+figures: $(STAMP) ## The paper's figures from the demo's runs and the collected tables: PNG+PDF in experiments/results/figures/
+	$(PY) scripts/figures.py runs_root=$(RUNS) $(ARGS)
+
 test: $(STAMP) ## Run the whole test suite (CPU; slow end-to-end tests included)
 	$(PY) -m pytest -q $(ARGS)
 
 test-fast: $(STAMP) ## Run the tests without the slow end-to-end ones
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
-bench: $(STAMP) ## Speed benchmarks (FGD masks; training step time)
+bench: $(STAMP) ## Speed benchmarks (FGD masks; DFD's loss sparse vs dense at full-scale shapes; step time against the floor)
 	$(PY) scripts/bench_fgd_masks.py
-	$(PY) scripts/bench_step.py
+	$(PY) scripts/bench_dfd_loss.py
+	$(PY) scripts/bench_step.py methods=dfd,mse,mgd,fgd
 
 $(REPRODUCE): reproduce-table-%: $(STAMP)
 	$(PY) scripts/reproduce.py table=$* scale=$(SCALE) seeds=[$(SEEDS)] runs_root=$(RUNS) \

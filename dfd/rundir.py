@@ -44,6 +44,10 @@ LOG_FILE = "train.log"
 LOCK_FILE = "run.lock"
 WANDB_ID_FILE = "wandb_id.txt"
 CHECKPOINT = Path("checkpoints") / "last.pth"
+# history.jsonl keys of the distance between the teacher's map and the student's (the paper's Fig. 3b):
+# the mean squared difference per element, after the 1x1 alignment ("aligned") and after f_trans ("f_trans").
+FEATURE_L2 = "feature_l2/{method}/{level}/{kind}"
+FEATURE_L2_KINDS = ("aligned", "f_trans")
 TEMP_GLOB = ".*.tmp"  # what atomic_write leaves behind when the process is killed mid-write
 STALE_NAME = "{name}.stale-{stamp}"  # a run directory with another config, moved aside by the sweep
 REPLACED_PREFIX = "replaced-"  # trainer.overwrite=true: the replaced run's files, kept in <run dir>/replaced-<time>/

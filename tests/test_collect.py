@@ -378,12 +378,14 @@ def test_markdown(test_spec, runs: Path) -> None:
     assert SMOKE_WARNING in text and "Seeds: 0, 1, 2" in text
     assert "tiny_teacher → tiny_student" in text
     lines = {line.split("`")[-2]: line for line in text.splitlines() if line.startswith("|") and "`" in line}
-    assert "| 40.0 | 32.0 ± 2.6 | -8.0 | 20.00 | 12.00 ± 2.00 | -8.00 | ok (n=3) |" in lines["complete"]
-    assert "| 39.0 | 21.0 ± 1.4 | -18.0 | — | 8.00 | — | partial (2/3 seeds) |" in lines["partial"]
-    assert "| 38.0 | — | — | 19.00 | — | — | missing |" in lines["missing"]
+    # the first group has no undistilled student of its own model: no baseline, "—" in "vs baseline"
+    assert "| 40.0 | 32.0 ± 2.6 | -8.0 | — | 20.00 | 12.00 ± 2.00 | -8.00 | — | ok (n=3) |" in lines["complete"]
+    assert "| 39.0 | 21.0 ± 1.4 | -18.0 | — | — | 8.00 (n=1) | — | — | partial (2/3 seeds) |" in lines["partial"]
+    assert "| 38.0 | — | — | — | 19.00 | — | — | — | missing |" in lines["missing"]
     for row_id in ("failed", "not_impl", "mismatch", "incomplete"):
         cells = [c.strip() for c in lines[row_id].split("|")]
-        assert cells[4] == cells[5] == cells[7] == cells[8] == "—", row_id
+        assert cells[4] == cells[5] == cells[6] == cells[8] == cells[9] == cells[10] == "—", row_id
+    assert "Baseline: Teacher A → Student B: none" in text and "Second group: incomplete" in text
     assert "not implemented: student.detector='faster_rcnn'" in lines["not_impl"]
     full = to_markdown(collect_table(test_spec, runs, "full", [0]))
     assert SMOKE_WARNING not in full
@@ -392,9 +394,10 @@ def test_markdown(test_spec, runs: Path) -> None:
 def test_csv(test_spec, runs: Path) -> None:
     text = to_csv(collect_table(test_spec, runs, "smoke", [0, 1, 2]))
     reader = csv.DictReader(io.StringIO(text))
-    assert reader.fieldnames == ["group", "row_id", "Method", "status", "n",
-                                 "mAP_paper", "mAP_mean", "mAP_std", "mAP_delta",
-                                 "APs_paper", "APs_mean", "APs_std", "APs_delta", "detail"]
+    assert reader.fieldnames == ["group", "row_id", "Method", "status", "n", "baseline",
+                                 "mAP_paper", "mAP_mean", "mAP_std", "mAP_delta", "mAP_vs_baseline", "mAP_spread", "mAP_verdict",
+                                 "APs_paper", "APs_mean", "APs_std", "APs_delta", "APs_vs_baseline", "APs_spread", "APs_verdict",
+                                 "detail"]
     rows = {r["row_id"]: r for r in reader}
     c = rows["complete"]
     assert (c["group"], c["status"], c["n"]) == ("Teacher A → Student B", "ok", "3")
@@ -411,10 +414,10 @@ def test_csv(test_spec, runs: Path) -> None:
 
 def test_latex(test_spec, runs: Path) -> None:
     text = to_latex(collect_table(test_spec, runs, "smoke", [0, 1, 2]))
-    assert r"\begin{tabular}{lrrrrrrl}" in text and r"\toprule" in text and r"\bottomrule" in text
+    assert r"\begin{tabular}{lrrrrrrrrl}" in text and r"\toprule" in text and r"\bottomrule" in text
     assert r"Test table: 100\% \& more\_things" in text
     assert r"Teacher A $\rightarrow$ Student B" in text
-    assert r"32.0 $\pm$ 2.6 & $-$8.0" in text
+    assert r"32.0 $\pm$ 2.6 & $-$8.0 & --- &" in text
     assert r"not\_implemented" not in text and "not implemented: student.detector='faster\\_rcnn'" in text
     assert latex_escape("a_b & 50% #1 ± → × ✓") == (
         r"a\_b \& 50\% \#1 $\pm$ $\rightarrow$ $\times$ \checkmark{}")
@@ -463,7 +466,7 @@ def test_cli_writes_the_three_tables_only(tmp_path: Path) -> None:
     assert list(cwd.iterdir()) == []  # no outputs/, .hydra/ or log file
     assert sorted(str(p) for p in runs_root.rglob("*")) == before
     md = (out / "table5.md").read_text()
-    assert "| 40.4 | — | — | stale: seed 0 ran another config than the row's |" in md
+    assert "| 40.4 | — | — | — | stale: seed 0 ran another config than the row's |" in md
     assert "config digest None" in md  # the problem line names the digests
     assert "failed: ValueError: nope" in md and SMOKE_WARNING in md
     assert "wrote" in proc.stdout
@@ -513,3 +516,149 @@ def test_log_wandb_offline_for_real(test_spec, runs: Path, tmp_path: Path,
     monkeypatch.delenv("WANDB_MODE", raising=False)
     log_wandb(collect_table(test_spec, runs, "smoke", [0, 1, 2]), project="dfd-test", mode="offline")
     assert list((tmp_path / "wandb_home" / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
+# --------------------------------------------------------------------------- seeds, baselines, committed code
+
+
+BASELINE_SPEC = """\
+number: 9
+title: Baselines
+metrics:
+  mAP: bbox/AP
+labels: [Method]
+groups:
+  - name: A
+    overrides: [teacher=retinanet_x101_64x4d, student=retinanet_r50, schedule=1x]
+    rows:
+      - {id: student, labels: {Method: none}, overrides: [distill=none], paper: {mAP: 37.4}}
+      - {id: far, labels: {Method: FGD}, overrides: [distill=fgd], paper: {mAP: 39.0}}
+      - {id: near, labels: {Method: MGD}, overrides: [distill=mgd], paper: {mAP: 39.2}}
+      - {id: single, labels: {Method: PKD}, overrides: [distill=pkd], paper: {mAP: 39.3}}
+  - name: B (same student, another teacher)
+    overrides: [teacher=retinanet_r101, student=retinanet_r50, schedule=1x, distill.pkd.weight=6]
+    rows:
+      - {id: other_teacher, labels: {Method: Ours}, overrides: [distill=dfd], paper: {mAP: 40.0}}
+  - name: C (another student)
+    overrides: [teacher=retinanet_r101, student=retinanet_r18, schedule=1x]
+    rows:
+      - {id: no_baseline, labels: {Method: Ours}, overrides: [distill=dfd], paper: {mAP: 30.0}}
+"""
+
+
+@pytest.fixture()
+def baseline_table(tmp_path: Path):
+    """Three seeds: the student 30, 31, 32 (std 1); far 34, 35, 36 (Δ 4 > √2); near 30.5, 31.5, 32.5
+    (Δ 0.5 ≤ √2); single one seed; other_teacher in another group of the same student."""
+    path = tmp_path / "table9.yaml"
+    path.write_text(BASELINE_SPEC, encoding="utf-8")
+    root = tmp_path / "runs"
+    for seed in range(3):
+        for row, base in (("student", 30.0), ("far", 34.0), ("near", 30.5), ("other_teacher", 40.0)):
+            write_finished(root, 9, row, seed, {"bbox/AP": base + seed})
+    write_finished(root, 9, "single", 0, {"bbox/AP": 33.0})
+    write_finished(root, 9, "no_baseline", 0, {"bbox/AP": 20.0})
+    return collect_table(load_spec(path), root, "smoke", [0, 1, 2])
+
+
+def test_the_baseline_of_a_row_is_its_groups_undistilled_student() -> None:
+    spec2, spec3, spec5 = load_spec(2), load_spec(3), load_spec(5)
+    assert spec2.baseline_of("retinanet_ours") == "retinanet_student"
+    assert spec2.baseline_of("faster_rcnn_pkd") == "faster_rcnn_student"
+    assert spec3.baseline_of("x101_ours") == "student"  # another teacher, the same student: its undistilled run
+    assert spec5.baseline_of("tf_mse") is None  # no undistilled student: nothing is called a gain
+    assert load_spec(6).baseline_of("yolov6_ours") == "yolov6_student"  # the teacher row is no baseline
+
+
+def test_a_spec_may_name_a_groups_baseline(tmp_path: Path) -> None:
+    path = tmp_path / "table9.yaml"
+    path.write_text(BASELINE_SPEC.replace("  - name: C (another student)\n", "  - name: C (another student)\n    baseline: far\n"))
+    assert load_spec(path).baseline_of("no_baseline") == "far"
+    path.write_text(BASELINE_SPEC.replace("  - name: C (another student)\n", "  - name: C (another student)\n    baseline: nope\n"))
+    with pytest.raises(SpecError, match=r"table9.yaml: groups\[2\].baseline: 'nope' is not a row id"):
+        load_spec(path)
+
+
+def test_differences_within_the_seeds_spread_are_not_gains(baseline_table) -> None:
+    rows = {row.spec.id: row for row in baseline_table.rows}
+    far, near = rows["far"].versus("mAP"), rows["near"].versus("mAP")
+    assert (far.verdict, far.delta, far.spread) == ("beyond", pytest.approx(4.0), pytest.approx(math.sqrt(2)))
+    assert (near.verdict, near.delta) == ("within", pytest.approx(0.5))
+    assert rows["single"].versus("mAP").verdict == "no_spread"  # one seed: no spread
+    assert rows["student"].versus("mAP").verdict == "baseline"
+    assert rows["other_teacher"].baseline is rows["student"]
+    assert rows["no_baseline"].versus("mAP").verdict is None
+
+    md = to_markdown(baseline_table)
+    lines = {line.split("`")[-2]: line for line in md.splitlines() if line.startswith("|") and "`" in line}
+    assert "| +4.0 (beyond ±1.4) | ok (n=3) |" in lines["far"]
+    assert "| +0.5 (within ±1.4: noise) | ok (n=3) |" in lines["near"]
+    assert "| +2.0 (n=1: no spread) | partial (1/3 seeds) |" in lines["single"]
+    assert "| baseline | ok (n=3) |" in lines["student"]
+    assert "within ±s: noise" in md and "Baseline: A: student; B (same student, another teacher): student" in md
+
+    records = {r["row_id"]: r for r in csv.DictReader(io.StringIO(to_csv(baseline_table)))}
+    assert (records["near"]["baseline"], records["near"]["mAP_verdict"], records["near"]["mAP_vs_baseline"]) == ("student", "within", "0.5")
+    assert float(records["far"]["mAP_spread"]) == pytest.approx(math.sqrt(2), abs=1e-4)
+    assert records["single"]["mAP_verdict"] == "no_spread" and records["single"]["mAP_spread"] == ""
+    assert records["no_baseline"]["baseline"] == "" and records["no_baseline"]["mAP_verdict"] == ""
+
+    tex = to_latex(baseline_table)
+    assert r"$+$0.5 (within $\pm$1.4: noise)" in tex and r"$+$2.0 (n=1: no spread)" in tex
+
+
+def test_one_seed_says_it_has_no_spread(baseline_table) -> None:
+    table = collect_table(baseline_table.spec, baseline_table.runs_root, "smoke", [0])
+    md = to_markdown(table)
+    assert "Seeds: 0 (n=1 per row: no error bars" in md
+    assert "(within" not in md and "(beyond" not in md and "+4.0 (n=1: no spread)" in md
+
+
+def test_the_header_names_mixed_and_dirty_code(tmp_path: Path, test_spec) -> None:
+    root = tmp_path / "runs"
+    for seed in range(2):
+        path = write_finished(root, 9, "complete", seed, {"bbox/AP": 30.0})
+        data = json.loads((path / "metrics.json").read_text())
+        data["code_version"] = {"version": "0.1.0", "commit": f"c{seed}", "dirty": seed == 1}
+        (path / "metrics.json").write_text(json.dumps(data))
+    table = collect_table(test_spec, root, "smoke", [0, 1])
+    assert table.code_warning == ("The runs come from 2 different code versions; 1 of 2 runs ran uncommitted code (dirty): "
+                                  "no commit reproduces them exactly")
+    assert f"> **{table.code_warning}.**" in to_markdown(table)
+    assert "% The runs come from 2 different code versions" in to_latex(table)
+    clean = collect_table(test_spec, root, "smoke", [0])
+    assert clean.code_warning is None and "different code versions" not in to_markdown(clean)
+
+
+def test_results_take_tables_and_figures_from_committed_code_only(tmp_path: Path) -> None:
+    from dfd.results import results_dir, uncommitted_refusal
+
+    dirty, clean = {"commit": "abc", "dirty": True}, {"commit": "abc", "dirty": False}
+    for target in (results_dir(), results_dir() / "figures"):
+        reason = uncommitted_refusal(target, dirty)
+        assert reason and "committed code only" in reason and "allow_dirty=true" in reason and str(target) in reason
+        assert uncommitted_refusal(target, dirty, allow_dirty=True) is None
+        assert uncommitted_refusal(target, clean) is None
+    assert uncommitted_refusal(tmp_path, dirty) is None  # elsewhere: any code
+
+
+@pytest.mark.parametrize("program", ["collect", "reproduce"])
+def test_the_programs_refuse_results_from_a_dirty_tree(program: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    import importlib
+
+    import dfd.cli.common
+
+    monkeypatch.setattr(dfd.cli.common, "code_version", lambda: {"version": "0.1.0", "commit": "abc", "dirty": True})
+    main = importlib.import_module(f"dfd.cli.{program}").main
+    before = sorted(p.name for p in (REPO / "experiments" / "results").iterdir())
+    args = ["table=5", f"runs_root={tmp_path / 'runs'}", "print=false"][: 3 if program == "collect" else 2]
+    try:
+        code = main(args)
+    except SystemExit as exit_:
+        code = exit_.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{program}.py: error: out_dir=experiments/results: ") and "committed code only" in err
+    assert sorted(p.name for p in (REPO / "experiments" / "results").iterdir()) == before
+    assert not (tmp_path / "runs").exists()  # refused before anything trains

@@ -8,6 +8,8 @@ runs were trained with, as for ``scripts/reproduce.py``. A run counts only if it
 (the digest of the row composed as the sweep composes it, with these overrides): a finished run of
 another config is marked ``stale``. Writes ``<out_dir>/table<N>.{md,csv,tex}`` when every row is
 complete, else ``<out_dir>/table<N>.partial.{md,csv,tex}`` (``force=true``: over the results anyway).
+Into ``experiments/results/`` only from committed code (:func:`refuse_uncommitted`; ``allow_dirty=true``
+writes there anyway); any other ``out_dir`` takes them from any code.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from dfd.engine.sweep import plan_table
 from dfd.results import collect_table, load_spec, log_wandb, summary_lines, to_markdown, write_tables
 from dfd.results.spec import load_all_specs
 
-from .common import base_overrides, parse_args, run_program
+from .common import base_overrides, parse_args, refuse_uncommitted, run_program
 
 log = logging.getLogger(__name__)
 WANDB_MODES = ("offline", "online", "disabled")
@@ -38,6 +40,7 @@ def defaults() -> dict:
 def _main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s", datefmt="%H:%M:%S")
     own, teachers, forward = parse_args(argv, defaults(), table_paths=True, choices={"wandb_mode": WANDB_MODES})
+    refuse_uncommitted(own["out_dir"], own["allow_dirty"])
     spec = load_spec(own["table"], own["experiments_dir"])
     register_configs()
     register_rows([*load_all_specs(), spec])

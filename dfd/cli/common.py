@@ -26,8 +26,10 @@ from omegaconf.errors import OmegaConfBaseException
 from dfd.data import DataError
 from dfd.engine.config import ConfigError
 from dfd.engine.evaluators import primary_metric
+from dfd.engine.runinfo import code_version
 from dfd.errors import ComponentNotImplemented
 from dfd.models import WeightsError, get_family
+from dfd.results import uncommitted_refusal
 from dfd.results.spec import SpecError, default_experiments_dir
 from dfd.rundir import SCALES, RunDirBusy
 
@@ -199,3 +201,14 @@ def base_overrides(own: dict[str, Any], forward: Sequence[str], wandb: bool = Fa
     if wandb:
         base += ["logger=wandb", f"logger.project={own['wandb_project']}"]
     return [*base, *forward]
+
+
+def refuse_uncommitted(out_dir: str, allow_dirty: object) -> None:
+    """Tables and figures go into ``experiments/results/`` from committed code only: a
+    :class:`~dfd.cli.common.UsageError` when the tree is dirty there and ``allow_dirty`` is not true (the one
+    check of collect.py, reproduce.py and figures.py; the rule is :func:`dfd.results.uncommitted_refusal`)."""
+    if not isinstance(allow_dirty, bool):
+        raise UsageError(f"allow_dirty={allow_dirty!r} is invalid: expected true or false")
+    reason = uncommitted_refusal(out_dir, code_version(), allow_dirty)
+    if reason:
+        raise UsageError(reason)

@@ -8,7 +8,8 @@ Own keys: table (1-7), scale (smoke|full), seeds (list), runs_root (runs), data_
 layout; default: the synthetic set), teacher (a checkpoint for every teacher of the table, or
 teachers.<option>=PATH for the teacher option <option> of conf/teacher/ only), launcher (basic|submitit_local|submitit_slurm), wandb (true:
 log runs and the table to W&B), wandb_project, out_dir (experiments/results), force (write the table over
-the results even when a row is missing, stale or failed), dry_run (print the commands only). Every other
+the results even when a row is missing, stale or failed), allow_dirty (write into experiments/results/ from
+uncommitted code: refused otherwise, before anything trains), dry_run (print the commands only). Every other
 key=value is passed to each training run, teachers included (e.g. trainer.max_iters=5, teacher.backbone=resnet50,
 student.fpn_channels=128, hydra.launcher.* settings).
 
@@ -28,11 +29,11 @@ from dfd.engine.sweep import LAUNCHERS, TablePlan, plan_table, run_plan
 from dfd.results import collect_table, load_spec, log_wandb, summary_lines, to_markdown, write_tables
 from dfd.results.spec import load_all_specs
 
-from .common import base_overrides, parse_args, run_program
+from .common import base_overrides, parse_args, refuse_uncommitted, run_program
 
 OWN = {"table": None, "scale": "smoke", "seeds": [0], "runs_root": "runs", "data_root": None, "teacher": None,
        "launcher": "basic", "wandb": False, "wandb_project": "dfd", "out_dir": "experiments/results", "force": False,
-       "dry_run": False}
+       "allow_dirty": False, "dry_run": False}
 
 log = logging.getLogger("dfd.cli.reproduce")
 
@@ -55,6 +56,8 @@ def describe_plan(name: str, scale: str, plan: TablePlan) -> str:
 def _main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s", datefmt="%H:%M:%S")
     own, teachers, forward = parse(argv)
+    if not own["dry_run"]:
+        refuse_uncommitted(own["out_dir"], own["allow_dirty"])
     spec = load_spec(own["table"])
     register_configs()
     register_rows(load_all_specs())

@@ -28,6 +28,7 @@ from dfd.models import Family, build_model, get_family, inherit_matching
 from dfd.rundir import (
     CHECKPOINT,
     CONFIG_FILE,
+    FEATURE_L2,
     LOG_FILE,
     METRICS_FILE,
     REPLACED_PREFIX,
@@ -259,6 +260,45 @@ def step(run: Run, train_model: nn.Module, images, targets, iteration: int) -> d
     return {**terms, "total": loss}
 
 
+class FeatureDistance:
+    """The distance between the teacher's map and the student's, per method and level, at the logged steps
+    (the paper's Fig. 3b): the mean squared difference per element after the 1x1 alignment (``aligned``)
+    and, where the method has f_trans, after it (``f_trans``); logged as :data:`~dfd.rundir.FEATURE_L2`.
+
+    Forward hooks on the loss modules that have an ``align`` compute it from the maps the loss was given,
+    under no_grad and only while :attr:`armed`: it changes nothing the run computes.
+    """
+
+    def __init__(self, losses: nn.Module | None) -> None:
+        self.armed = False
+        self.values: dict[str, float] = {}
+        self.handles = [module.register_forward_hook(self._hook(method, level))
+                        for method, per_level in (losses.losses.items() if losses is not None else ())
+                        for level, module in per_level.items() if isinstance(getattr(module, "align", None), nn.Module)]
+
+    def _hook(self, method: str, level: str):
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            if not self.armed:
+                return
+            with torch.no_grad():
+                target, aligned = args[1].float(), module.align(args[0])
+                maps = {"aligned": aligned}
+                if getattr(module, "transform", None) is not None:
+                    maps["f_trans"] = module.transform(aligned)
+                for kind, feat in maps.items():
+                    key = FEATURE_L2.format(method=method, level=level, kind=kind)
+                    self.values[key] = (target - feat.float()).pow(2).mean().item()
+        return hook
+
+    def pop(self) -> dict[str, float]:
+        values, self.values = self.values, {}
+        return values
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
 def _log_values(terms: dict[str, torch.Tensor], run: Run, epoch: int) -> dict[str, float]:
     values = {(k if k.startswith("distill/") else f"loss/{k}"): v.item() for k, v in terms.items()}
     values.update({f"lr/{k}": v for k, v in current_lrs(run.optimizer).items()}, epoch=epoch)
@@ -277,6 +317,10 @@ def train(run: Run, logger: RunLogger) -> dict[str, float]:
                disable=not (run.cfg.trainer.progress and run.info.is_main), mininterval=0.5 if sys.stderr.isatty() else 30.0)
     last: dict[str, float] = {}
     it, t_loop = run.start, time.perf_counter()
+    distance = FeatureDistance(run.distiller.losses)
+
+    def logged(i: int) -> bool:
+        return i % run.cfg.trainer.log_interval == 0 or i == run.total
     train_model.train()
     try:
         while it < run.total:
@@ -284,17 +328,19 @@ def train(run: Run, logger: RunLogger) -> dict[str, float]:
             for images, targets in epoch_loader(run, epoch, offset):
                 if it >= run.total:
                     break
+                distance.armed = logged(it + 1)
                 terms = step(run, train_model, images, targets, it)
                 it = run.iteration = it + 1
                 bar.update(1)
-                if it % run.cfg.trainer.log_interval == 0 or it == run.total:
-                    last = _log_values(terms, run, epoch)
+                if logged(it):
+                    last = {**_log_values(terms, run, epoch), **distance.pop()}
                     logger.log(last, step=it)
                     bar.set_postfix(loss=f"{last['loss/total']:.3f}")
                 if it % run.cfg.trainer.checkpoint_interval == 0 and it < run.total:
                     save(run, it, finished=False)
     finally:
         bar.close()
+        distance.remove()
     seconds, steps = time.perf_counter() - t_loop, it - run.start
     run.timings.update(train_s=round(seconds, 3), step_s=round(seconds / steps, 4) if steps else None,
                        iterations=run.total, iterations_this_process=steps)

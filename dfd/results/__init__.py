@@ -10,16 +10,32 @@ or ``dfd.distill``.
 
 from __future__ import annotations
 
-from .formats import latex_escape, log_wandb, output_stem, records, summary_lines, to_csv, to_latex, to_markdown, write_tables
+from .formats import (
+    BASELINE_RULE,
+    latex_escape,
+    log_wandb,
+    metric_column,
+    output_stem,
+    records,
+    results_dir,
+    summary_lines,
+    to_csv,
+    to_latex,
+    to_markdown,
+    uncommitted_refusal,
+    write_tables,
+)
 from .runs import SCALES, RowRuns, SeedResult, read_row, read_seed, row_dir, seed_dir
 from .spec import GroupSpec, MetricSpec, RowSpec, SpecError, TableSpec, load_spec, spec_path
-from .tables import Cell, CollectedRow, CollectedTable, collect_table
+from .tables import Cell, CollectedRow, CollectedTable, Comparison, code_text, collect_table, compare
 
 __all__ = [
+    "BASELINE_RULE",
     "SCALES",
     "Cell",
     "CollectedRow",
     "CollectedTable",
+    "Comparison",
     "GroupSpec",
     "MetricSpec",
     "RowRuns",
@@ -27,14 +43,18 @@ __all__ = [
     "SeedResult",
     "SpecError",
     "TableSpec",
+    "code_text",
     "collect_table",
+    "compare",
     "latex_escape",
     "load_spec",
     "log_wandb",
+    "metric_column",
     "output_stem",
     "read_row",
     "read_seed",
     "records",
+    "results_dir",
     "row_dir",
     "seed_dir",
     "spec_path",
@@ -42,5 +62,6 @@ __all__ = [
     "to_csv",
     "to_latex",
     "to_markdown",
+    "uncommitted_refusal",
     "write_tables",
 ]

@@ -13,12 +13,19 @@ numbers. The format, in short::
     groups:
       - name: "RetinaNet RX101 → RetinaNet R50"
         overrides: [teacher=retinanet_x101_64x4d, student=retinanet_r50]
+        baseline: mse_mse         # optional: the row the others are compared with (see below)
         rows:
           - id: mse_mse
             labels: {HD: MSE, LD: MSE, Schedule: 1x}
             overrides: [distill=dfd, region=paper, region.hd=mse, region.ld=mse]
             paper: {mAP: 39.7}      # every metric column; null where the paper has none
             note: optional free text
+
+The baseline of a row (what the collector compares it with, :meth:`TableSpec.baseline_of`): its
+group's ``baseline:`` if given, else the group's undistilled student (a row with ``distill=none``
+that is not a teacher, ``train=teacher``), else the first undistilled student of another group that
+trains the same student (the same overrides once those of the teacher and of distillation, ``teacher*``,
+``distill*``, ``region*``, ``threshold*``, are left out), else none.
 
 Validation errors are :class:`SpecError` and name the file and the key.
 """
@@ -50,7 +57,10 @@ DEFAULT_DECIMALS = 1
 ROW_ID_RE = re.compile(r"^[a-z0-9_]+$")
 OVERRIDE_RE = re.compile(r"^[+~]{0,2}[A-Za-z_][\w.@/-]*=.+$")
 # Column names used by the CSV writer; labels must not take them.
-RESERVED_COLUMNS = frozenset({"group", "row_id", "status", "n", "detail"})
+RESERVED_COLUMNS = frozenset({"group", "row_id", "status", "n", "baseline", "detail"})
+UNDISTILLED = "distill=none"  # a row with this override (and not TEACHER_ROW) is an undistilled student: a baseline
+TEACHER_ROW = "train=teacher"
+NOT_THE_STUDENT = ("teacher", "distill", "region", "threshold")  # override keys that do not change an undistilled student
 
 
 class SpecError(ValueError):
@@ -86,6 +96,7 @@ class GroupSpec:
     name: str
     overrides: list[str]
     rows: list[RowSpec]
+    baseline: str | None = None  # the row id given as the group's ``baseline:``, if any
 
 
 @dataclass(frozen=True)
@@ -114,6 +125,24 @@ class TableSpec:
     @property
     def name(self) -> str:
         return f"table{self.number}"
+
+    def baseline_of(self, row_id: str) -> str | None:
+        """The id of the row ``row_id`` is compared with (see the module's docstring); None when there is none."""
+        group = next(g for g in self.groups if any(r.id == row_id for r in g.rows))
+        if group.baseline:
+            return group.baseline
+        own = [r.id for r in group.rows if _undistilled(r)]
+        same = [r.id for r in self.rows if _undistilled(r) and _student_setting(r.overrides) == _student_setting(group.overrides)]
+        return (own or same or [None])[0]
+
+
+def _undistilled(row: RowSpec) -> bool:
+    return UNDISTILLED in row.overrides and TEACHER_ROW not in row.overrides
+
+
+def _student_setting(overrides: list[str]) -> set[str]:
+    """The overrides that define an undistilled student's run: all but the teacher's and distillation's."""
+    return {o for o in overrides if not _override_key(o).startswith(NOT_THE_STUDENT)}
 
 
 def default_experiments_dir() -> Path:
@@ -258,7 +287,7 @@ def _parse(data: Any, path: Path) -> TableSpec:
         gkey = f"groups[{gi}]"
         if not isinstance(raw_group, dict):
             raise ctx.error(gkey, "expected a mapping")
-        _check_keys(ctx, raw_group, {"name", "overrides", "rows"}, gkey)
+        _check_keys(ctx, raw_group, {"name", "overrides", "rows", "baseline"}, gkey)
         gname = ctx.get(raw_group, "name", gkey, str)
         goverrides = _overrides(ctx, raw_group.get("overrides"), f"{gkey}.overrides")
         raw_rows = ctx.get(raw_group, "rows", gkey, list)
@@ -270,8 +299,54 @@ def _parse(data: Any, path: Path) -> TableSpec:
             if not isinstance(raw_row, dict):
                 raise ctx.error(rkey, "expected a mapping")
             rows.append(_parse_row(ctx, raw_row, rkey, gname, goverrides, metrics, labels, seen_ids))
-        groups.append(GroupSpec(name=gname, overrides=goverrides, rows=rows))
+        baseline = raw_group.get("baseline")
+        if baseline is not None and not isinstance(baseline, str):
+            raise ctx.error(f"{gkey}.baseline", f"expected a row id, got {baseline!r}")
+        groups.append(GroupSpec(name=gname, overrides=goverrides, rows=rows, baseline=baseline))
+    for gi, group in enumerate(groups):
+        if group.baseline is not None and group.baseline not in seen_ids:
+            raise ctx.error(f"groups[{gi}].baseline", f"{group.baseline!r} is not a row id of this table ({sorted(seen_ids)})")
     return TableSpec(number=number, title=title, metrics=metrics, labels=labels, groups=groups, path=path)
+
+
+def _row_labels(ctx: _Ctx, raw: dict[str, Any], rkey: str, labels: list[str]) -> dict[str, str]:
+    """A row's label values, one per declared column (blank: '')."""
+    raw_labels = raw.get("labels") or {}
+    if not isinstance(raw_labels, dict):
+        raise ctx.error(f"{rkey}.labels", f"expected a mapping, got {raw_labels!r}")
+    unknown = sorted(set(raw_labels) - set(labels))
+    if unknown:
+        raise ctx.error(f"{rkey}.labels", f"unknown label column(s) {unknown}; declared: {labels}")
+    missing = [name for name in labels if name not in raw_labels]
+    if missing:
+        raise ctx.error(f"{rkey}.labels", f"missing label column(s) {missing} (use '' for blank)")
+    row_labels: dict[str, str] = {}
+    for name in labels:
+        value = raw_labels[name]
+        if isinstance(value, (dict, list)):
+            raise ctx.error(f"{rkey}.labels.{name}", f"expected a scalar, got {value!r}")
+        row_labels[name] = "" if value is None else str(value)
+    return row_labels
+
+
+def _row_paper(ctx: _Ctx, raw: dict[str, Any], rkey: str, metrics: dict[str, MetricSpec]) -> dict[str, float | None]:
+    """A row's paper numbers, one per declared metric (null where the paper has none)."""
+    raw_paper = ctx.get(raw, "paper", rkey, dict)
+    unknown = sorted(set(raw_paper) - set(metrics))
+    if unknown:
+        raise ctx.error(f"{rkey}.paper", f"unknown metric column(s) {unknown}; declared: {list(metrics)}")
+    missing = [name for name in metrics if name not in raw_paper]
+    if missing:
+        raise ctx.error(
+            f"{rkey}.paper", f"missing metric column(s) {missing} (use null where the paper has none)"
+        )
+    paper: dict[str, float | None] = {}
+    for name in metrics:
+        value = raw_paper[name]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ctx.error(f"{rkey}.paper.{name}", f"expected a number or null, got {value!r}")
+        paper[name] = None if value is None else float(value)
+    return paper
 
 
 def _parse_row(
@@ -293,21 +368,7 @@ def _parse_row(
     seen_ids[row_id] = rkey
     rkey = f"{rkey} ({row_id})"
 
-    raw_labels = raw.get("labels") or {}
-    if not isinstance(raw_labels, dict):
-        raise ctx.error(f"{rkey}.labels", f"expected a mapping, got {raw_labels!r}")
-    unknown = sorted(set(raw_labels) - set(labels))
-    if unknown:
-        raise ctx.error(f"{rkey}.labels", f"unknown label column(s) {unknown}; declared: {labels}")
-    missing = [name for name in labels if name not in raw_labels]
-    if missing:
-        raise ctx.error(f"{rkey}.labels", f"missing label column(s) {missing} (use '' for blank)")
-    row_labels: dict[str, str] = {}
-    for name in labels:
-        value = raw_labels[name]
-        if isinstance(value, (dict, list)):
-            raise ctx.error(f"{rkey}.labels.{name}", f"expected a scalar, got {value!r}")
-        row_labels[name] = "" if value is None else str(value)
+    row_labels = _row_labels(ctx, raw, rkey, labels)
 
     own = _overrides(ctx, raw.get("overrides"), f"{rkey}.overrides")
     full = group_overrides + own
@@ -318,21 +379,7 @@ def _parse_row(
             raise ctx.error(f"{rkey}.overrides", f"{okey!r} is set twice (group and row overrides: {full})")
         seen_keys.add(okey)
 
-    raw_paper = ctx.get(raw, "paper", rkey, dict)
-    unknown = sorted(set(raw_paper) - set(metrics))
-    if unknown:
-        raise ctx.error(f"{rkey}.paper", f"unknown metric column(s) {unknown}; declared: {list(metrics)}")
-    missing = [name for name in metrics if name not in raw_paper]
-    if missing:
-        raise ctx.error(
-            f"{rkey}.paper", f"missing metric column(s) {missing} (use null where the paper has none)"
-        )
-    paper: dict[str, float | None] = {}
-    for name in metrics:
-        value = raw_paper[name]
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise ctx.error(f"{rkey}.paper.{name}", f"expected a number or null, got {value!r}")
-        paper[name] = None if value is None else float(value)
+    paper = _row_paper(ctx, raw, rkey, metrics)
 
     note = raw.get("note")
     if note is not None and not isinstance(note, str):

@@ -14,11 +14,22 @@ Row status, in order of precedence:
   interrupted, reported as "incomplete").
 
 Numbers: mean over the finished seeds, sample standard deviation (n-1) when at
-least two seeds define the metric, and Δ = mean - paper.
+least two seeds define the metric, n (the seeds that define it), and Δ = mean - paper.
+
+Differences to the baseline (the row each row is compared with: :meth:`TableSpec.baseline_of`,
+e.g. the group's undistilled student). Per metric, Δ_base = mean - mean_baseline and the seeds'
+spread s = √(std² + std_baseline²) (the two rows' seed-to-seed standard deviations combined;
+deliberately not the smaller standard error of the means). The verdict (:class:`Comparison`):
+
+- ``beyond``: n ≥ 2 on both sides and |Δ_base| > s: a difference the seeds do not explain;
+- ``within``: n ≥ 2 on both sides and |Δ_base| ≤ s: within the seeds' spread, not a gain or a loss;
+- ``no_spread``: either side has a single seed (n = 1): no spread to tell the difference from noise;
+- ``baseline``: the row is the baseline itself; None: either side has no number.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,9 +39,11 @@ from typing import Literal
 from .runs import SCALES, RowRuns, SeedResult, read_row
 from .spec import RowSpec, TableSpec
 
-__all__ = ["COMPLETE_STATUSES", "Cell", "CollectedRow", "CollectedTable", "RowStatus", "collect_table", "short_error"]
+__all__ = ["COMPLETE_STATUSES", "Cell", "CollectedRow", "CollectedTable", "Comparison", "RowStatus", "Verdict",
+           "code_text", "collect_table", "compare", "short_error"]
 
 RowStatus = Literal["ok", "partial", "missing", "stale", "failed", "not_implemented", "error"]
+Verdict = Literal["beyond", "within", "no_spread", "baseline"]
 COMPLETE_STATUSES = ("ok", "not_implemented")  # a table whose rows all have one of these is complete
 
 
@@ -66,6 +79,34 @@ class Cell:
         return None if mean is None or self.paper is None else mean - self.paper
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """One metric of a row against its baseline's (module docstring): Δ_base, the spread s, the verdict."""
+
+    delta: float | None = None
+    spread: float | None = None
+    verdict: Verdict | None = None
+
+
+def compare(cell: Cell, base: Cell) -> Comparison:
+    """``cell`` against the baseline's ``base`` by the rule of the module docstring."""
+    if cell.mean is None or base.mean is None:
+        return Comparison()
+    delta = cell.mean - base.mean
+    if cell.n < 2 or base.n < 2:
+        return Comparison(delta, None, "no_spread")
+    spread = math.hypot(cell.std or 0.0, base.std or 0.0)
+    return Comparison(delta, spread, "within" if abs(delta) <= spread else "beyond")
+
+
+def code_text(cv: Mapping) -> str:
+    """A run's code version as text: ``0.1.0 (abc123, dirty)``."""
+    extra = [str(cv["commit"])] if cv.get("commit") else []
+    if cv.get("dirty"):
+        extra.append("dirty")
+    return str(cv.get("version", "?")) + (f" ({', '.join(extra)})" if extra else "")
+
+
 @dataclass
 class CollectedRow:
     """A spec row with what its runs say."""
@@ -77,6 +118,15 @@ class CollectedRow:
     cells: dict[str, Cell]
     runs: RowRuns
     detail: str = ""
+    baseline: CollectedRow | None = None  # the row it is compared with (None: none; itself for the baseline)
+
+    def versus(self, name: str) -> Comparison:
+        """Metric ``name`` against the baseline row's (module docstring)."""
+        if self.baseline is None:
+            return Comparison()
+        if self.baseline is self:
+            return Comparison(0.0, None, "baseline") if self.cells[name].mean is not None else Comparison()
+        return compare(self.cells[name], self.baseline.cells[name])
 
     @property
     def status_text(self) -> str:
@@ -150,16 +200,28 @@ class CollectedTable:
         seen: list[str] = []
         for row in self.rows:
             for seed in row.used:
-                cv = seed.code_version
-                if not cv:
-                    continue
-                extra = [str(cv["commit"])] if cv.get("commit") else []
-                if cv.get("dirty"):
-                    extra.append("dirty")
-                text = str(cv.get("version", "?")) + (f" ({', '.join(extra)})" if extra else "")
-                if text not in seen:
+                text = code_text(seed.code_version) if seed.code_version else None
+                if text and text not in seen:
                     seen.append(text)
         return seen
+
+    @property
+    def code_warning(self) -> str | None:
+        """What a reader must know about the code the runs ran: several versions, or uncommitted (dirty) code."""
+        used = [seed for row in self.rows for seed in row.used]
+        dirty = sum(1 for seed in used if seed.code_version.get("dirty"))
+        problems = []
+        if len(self.code_versions) > 1:
+            problems.append(f"the runs come from {len(self.code_versions)} different code versions")
+        if dirty:
+            problems.append(f"{dirty} of {len(used)} runs ran uncommitted code (dirty): no commit reproduces them exactly")
+        text = "; ".join(problems)
+        return text[:1].upper() + text[1:] if text else None
+
+    @property
+    def single_seed(self) -> bool:
+        """One seed per row: no error bars, and no difference can be told from seed noise."""
+        return len(self.seeds) == 1
 
 
 def _collect_row(spec: TableSpec, row: RowSpec, runs: RowRuns) -> CollectedRow:
@@ -214,4 +276,8 @@ def collect_table(
         _collect_row(spec, row, read_row(runs_root, scale, spec.number, row.id, seeds, (expected or {}).get(row.id)))
         for row in spec.rows
     ]
+    by_id = {row.spec.id: row for row in rows}
+    for row in rows:
+        base = spec.baseline_of(row.spec.id)
+        row.baseline = by_id[base] if base else None
     return CollectedTable(spec=spec, scale=scale, seeds=seeds, runs_root=Path(runs_root), rows=rows)
