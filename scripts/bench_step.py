@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Training-step time and peak memory of a student with each distillation method.
 
-    python scripts/bench_step.py                                   # smoke sizes, CPU: none vs dfd vs mse
-    python scripts/bench_step.py scale=full methods=none,dfd,mgd,fgd,pkd iters=20   # on a GPU: 1333x800, X101 -> R50, bf16
+    python scripts/bench_step.py                                   # smoke sizes, CPU: floor, dfd, mse
+    python scripts/bench_step.py scale=full methods=dfd,mgd,fgd,pkd iters=20   # on a GPU: 1333x800, X101 -> R50, bf16
 
 Random images of the configured input size (data.max_size × data.min_size) and random boxes (for
 instance families, e.g. ``student=mask_rcnn_swin_t``, each box filled as its mask);
@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import dataclasses  # noqa: E402
+import statistics  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -27,23 +28,12 @@ from dfd.engine.config import Config, compose_config, distill_levels, load_confi
 from dfd.engine.dist import DistInfo, resolve_device  # noqa: E402
 from dfd.engine.distiller import Distiller, probe_channels  # noqa: E402
 from dfd.engine.setup import amp_dtype  # noqa: E402
-from dfd.models import build_model, get_family, without_pretrained  # noqa: E402
+from dfd.models import build_model, freeze, get_family, without_pretrained  # noqa: E402
 from dfd.models.two_stage import boxes_as_masks  # noqa: E402
 
 
-def bench(cfg: Config, methods: list[str], iters: int, warmup: int) -> dict[str, float]:
-    device = resolve_device(cfg.trainer.device, DistInfo())
-    amp = amp_dtype(cfg.trainer.amp, device)
-    num_classes = 80
-    student = build_model(without_pretrained(cfg.student), num_classes, "student").to(device)
-    teacher = losses = None
-    if methods:
-        cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, methods=methods))
-        teacher = build_model(without_pretrained(cfg.teacher), num_classes, "teacher").to(device)
-        losses = FeatureDistillation(method_params(cfg), probe_channels(student, teacher, distill_levels(cfg), device))
-    model = Distiller(student, teacher, losses).to(device).train()
-    params = [p for m in model.trainable_modules() for p in m.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
+def synthetic_batch(cfg: Config, num_classes: int) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+    """Random images of the configured size and 8 random boxes per image (masks for instance families)."""
     g = torch.Generator().manual_seed(0)
     h, w = cfg.data.min_size, cfg.data.max_size
     images = [torch.rand(3, h, w, generator=g) for _ in range(cfg.data.batch_size)]
@@ -55,31 +45,97 @@ def bench(cfg: Config, methods: list[str], iters: int, warmup: int) -> dict[str,
     if "masks" in get_family(cfg.student.family).target_keys:  # instance families: each box filled as its mask
         for t in targets:
             t["masks"] = boxes_as_masks(t["boxes"], (h, w))
-    times = []
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    for i in range(warmup + iters):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t = time.perf_counter()
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            loss = sum(model(model.prepare(images, targets, device)).values())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - t)
-    times.sort()
-    out = {"median_s": times[len(times) // 2], "min_s": times[0]}
-    if device.type == "cuda":
-        out["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return images, targets
+
+
+class Floor(torch.nn.Module):
+    """The floor of a distillation step: the student's training step and the teacher's forward, no loss."""
+
+    def __init__(self, student: torch.nn.Module, teacher: torch.nn.Module, levels: list[str]) -> None:
+        super().__init__()
+        self.student, self.teacher, self.levels = student, teacher, levels
+
+    def train(self, mode: bool = True) -> "Floor":
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def prepare(self, *args):
+        return self.student.prepare(*args)
+
+    def trainable_modules(self) -> list[torch.nn.Module]:
+        return [self.student]
+
+    def forward(self, batch):
+        out = self.student.train_step(batch)
+        with torch.no_grad():
+            self.teacher.distill_maps(batch, self.levels)
+        return out.losses
+
+
+def variants(cfg: Config, entries: list[str], device: torch.device) -> dict[str, tuple[torch.nn.Module, torch.optim.Optimizer]]:
+    """One model and optimizer per entry ("floor", "none" or methods joined by "+"), sharing one student and teacher
+    (speed does not depend on the weights)."""
+    num_classes = 80
+    student = build_model(without_pretrained(cfg.student), num_classes, "student").to(device)
+    teacher = freeze(build_model(without_pretrained(cfg.teacher), num_classes, "teacher").to(device))
+    out = {}
+    for entry in entries:
+        if entry == "none":
+            model = Distiller(student)
+        elif entry == "floor":
+            model = Floor(student, teacher, distill_levels(cfg))
+        else:
+            c = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, methods=entry.split("+")))
+            losses = FeatureDistillation(method_params(c), probe_channels(student, teacher, distill_levels(c), device))
+            model = Distiller(student, teacher, losses)
+        model = model.to(device).train()
+        params = [p for m in model.trainable_modules() for p in m.parameters() if p.requires_grad]
+        out[entry] = (model, torch.optim.SGD(params, lr=1e-4, momentum=0.9))
     return out
 
 
+def step_time(model: torch.nn.Module, opt: torch.optim.Optimizer, batch_args: tuple, device: torch.device, amp) -> float:
+    """Seconds of one training step (forward, backward, optimizer step)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t = time.perf_counter()
+    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+        loss = sum(model(model.prepare(*batch_args, device)).values())
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t
+
+
+def bench(cfg: Config, entries: list[str], iters: int, warmup: int) -> dict[str, dict[str, object]]:
+    """Step times of every entry, interleaved: each round runs every entry once, in an order rotated every round."""
+    device = resolve_device(cfg.trainer.device, DistInfo())
+    amp = amp_dtype(cfg.trainer.amp, device)
+    models = variants(cfg, entries, device)
+    batch_args = synthetic_batch(cfg, 80)
+    times: dict[str, list[float]] = {e: [] for e in entries}
+    peak: dict[str, float] = {e: 0.0 for e in entries}
+    for r in range(warmup + iters):
+        for e in entries[r % len(entries):] + entries[:r % len(entries)]:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            dt = step_time(*models[e], batch_args, device, amp)
+            if r >= warmup:
+                times[e].append(dt)
+            if device.type == "cuda":
+                peak[e] = max(peak[e], torch.cuda.max_memory_allocated(device) / 2**30)
+    return {e: {"times": times[e], "peak_gib": peak[e] if device.type == "cuda" else None} for e in entries}
+
+
+def _spread(values: list[float], fmt: str) -> str:
+    return f"{fmt.format(statistics.median(values))} [{fmt.format(min(values))}–{fmt.format(max(values))}]"
+
+
 def main(argv: list[str]) -> int:
-    own = {"methods": "none,dfd,mse", "iters": "10", "warmup": "3"}
+    own = {"methods": "dfd,mse", "iters": "10", "warmup": "2"}
     overrides = []
     for arg in argv:
         key, _, value = arg.partition("=")
@@ -90,15 +146,20 @@ def main(argv: list[str]) -> int:
     cfg = load_config(compose_config(overrides), require_teacher=False)
     dev = "cuda" if torch.cuda.is_available() and cfg.trainer.device != "cpu" else "cpu"
     name = torch.cuda.get_device_name() if dev == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    entries = ["floor"] + [e for e in own["methods"].split(",") if e and e != "floor"]
     print(f"device: {name}; torch {torch.__version__}; input {cfg.data.max_size}x{cfg.data.min_size}, batch {cfg.data.batch_size}; "
           f"teacher {cfg.teacher.family} {getattr(cfg.teacher, 'backbone', '')}, student {cfg.student.family} "
-          f"{getattr(cfg.student, 'backbone', '')}; amp {cfg.trainer.amp}")
-    print("| methods | step median (s) | step min (s) | peak GPU memory (GiB) |\n|---|---:|---:|---:|")
-    for entry in own["methods"].split(","):
-        methods = [] if entry == "none" else entry.split("+")
-        r = bench(cfg, methods, int(own["iters"]), int(own["warmup"]))
-        peak = f"{r['peak_gib']:.2f}" if "peak_gib" in r else "—"
-        print(f"| {entry} | {r['median_s']:.3f} | {r['min_s']:.3f} | {peak} |", flush=True)
+          f"{getattr(cfg.student, 'backbone', '')}; amp {cfg.trainer.amp}; {own['iters']} interleaved rounds after {own['warmup']}")
+    print("floor: the student's step plus the teacher's forward, no loss; ratio: a step's time over the floor's in the "
+          "same round; median [min–max] over the rounds")
+    results = bench(cfg, entries, int(own["iters"]), int(own["warmup"]))
+    floor = results["floor"]["times"]
+    print("| methods | step (s) | ratio to floor | peak GPU memory (GiB) |\n|---|---:|---:|---:|")
+    for e in entries:
+        r = results[e]
+        ratios = [t / f for t, f in zip(r["times"], floor)]
+        peak = f"{r['peak_gib']:.2f}" if r["peak_gib"] is not None else "—"
+        print(f"| {e} | {_spread(r['times'], '{:.3f}')} | {_spread(ratios, '{:.3f}')} | {peak} |", flush=True)
     return 0
 
 

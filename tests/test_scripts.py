@@ -16,7 +16,8 @@ def test_bench_step_runs_every_method() -> None:
            "data.min_size=64", "data.max_size=96", "data.batch_size=2"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert [line.split("|")[1].strip() for line in proc.stdout.splitlines() if line.startswith("| ") and "methods" not in line] == ["none", "dfd", "fgd"]
+    assert [line.split("|")[1].strip() for line in proc.stdout.splitlines() if line.startswith("| ") and "methods" not in line] == ["floor", "none", "dfd", "fgd"]
+    assert "ratio to floor" in proc.stdout
 
 
 @pytest.mark.slow

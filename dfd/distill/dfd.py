@@ -11,6 +11,7 @@ from .constraint import check_constraint, masked_squared_error
 from .context import MethodParams
 from .disparity import disparity_map
 from .region import region_mask
+from .sparse import conv_stack, required_masks, sparse_region_error, sparse_work_fraction
 from .threshold import Threshold, ThresholdSpec, parse_threshold
 from .transform import build_align, build_transform
 
@@ -19,6 +20,10 @@ from .transform import build_align, build_transform
 # half of it for the low-disparity region ("split" weights, Table 1).
 DEFAULT_ALPHA = 2e-5
 DEFAULT_BETA = 1e-5
+# Above this share of the dense convolution work, f_trans runs dense (measured: see
+# `scripts/bench_dfd_loss.py sweep=1`: on a CPU, sparse and dense break even near 0.70 of the
+# dense work (P3, 256 channels, generation block); 0.65 keeps sparse only where it is >= ~5% faster).
+DEFAULT_SPARSE_MAX_FRACTION = 0.65
 
 
 @dataclass
@@ -40,10 +45,15 @@ class DFDParams(MethodParams):
     :class:`~dfd.distill.threshold.Threshold`.
 
     temperature: T in A(F) (the paper's A(F) has none: T = 1); transform: the structure of f_trans.
+    sparse_max_fraction: f_trans is evaluated only where its one region reads it (and on the
+        receptive field that needs) while that costs at most this share of the dense convolution
+        work; above it, densely. 0: always dense (no host synchronisation); 1: sparse whenever
+        possible. The default is the measured CPU break-even (scripts/bench_dfd_loss.py sweep=1).
     """
 
     temperature: float = 1.0
     transform: str = "generation"
+    sparse_max_fraction: float = DEFAULT_SPARSE_MAX_FRACTION
 
 
 class DFDLoss(nn.Module):
@@ -61,12 +71,15 @@ class DFDLoss(nn.Module):
     feature aligned to the teacher's width by a 1×1 conv (identity when equal).
     Attention, disparity, threshold and mask are computed without autograd and
     the teacher feature is detached: gradients reach only the student, the
-    alignment and f_trans.
+    alignment and f_trans. When one region uses f_trans, it is evaluated only on
+    that region and the receptive field it needs (:mod:`.sparse`), unless that is
+    more than ``sparse_max_fraction`` of the dense work; the loss is the same.
 
     Attributes:
         transform: f_trans (None when neither region uses "tf").
         align: the 1×1 alignment (Identity when widths match).
         hd_fraction: fraction of positions in R_HD at the last call (for logging).
+        last_path: "sparse" or "dense": how f_trans was evaluated at the last call ("" without f_trans).
     """
 
     Params = DFDParams
@@ -83,6 +96,7 @@ class DFDLoss(nn.Module):
         threshold: ThresholdSpec = "mean",
         temperature: float = DFDParams.temperature,
         transform: str = DFDParams.transform,
+        sparse_max_fraction: float = DEFAULT_SPARSE_MAX_FRACTION,
     ) -> None:
         super().__init__()
         self.hd = check_constraint(hd, "hd")
@@ -97,11 +111,38 @@ class DFDLoss(nn.Module):
         uses_tf = any(c in ("tf", "tf+mse") for c in (self.hd, self.ld))
         self.transform: nn.Module | None = build_transform(transform, teacher_channels) if uses_tf else None
         self.hd_fraction = torch.tensor(float("nan"))
+        if not 0.0 <= sparse_max_fraction <= 1.0:
+            raise ValueError(f"distill.dfd.sparse_max_fraction must be in [0, 1], got {sparse_max_fraction}")
+        self.sparse_max_fraction = float(sparse_max_fraction)
+        self.last_path = ""
 
-    def _region(self, constraint: str, target: Tensor, aligned: Tensor, transformed: Tensor | None, mask: Tensor) -> Tensor:
+    def _transform_errors(self, target: Tensor, aligned: Tensor, masks: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Σ_R (F^T − f_trans(F^S))² / N for each region that uses f_trans.
+
+        With one such region and a supported f_trans, f_trans runs sparse when that costs at
+        most ``sparse_max_fraction`` of the dense work: deciding reads one count from the
+        device (the sparse path's index lists need the host anyway).
+        """
+        regions = [name for name, c in (("hd", self.hd), ("ld", self.ld)) if c in ("tf", "tf+mse")]
+        stack = conv_stack(self.transform) if self.transform is not None else None
+        if len(regions) == 1 and stack is not None and self.sparse_max_fraction > 0:
+            mask = masks[regions[0]]
+            with torch.no_grad():
+                sets = required_masks(stack, mask)
+                work = float(sparse_work_fraction(stack, sets))  # the decision's one host sync
+            if work <= self.sparse_max_fraction:
+                self.last_path = "sparse"
+                return {regions[0]: sparse_region_error(stack, target, aligned, mask, sets)}
+        if not regions:
+            return {}
+        self.last_path = "dense"
+        transformed = self.transform(aligned)
+        return {r: masked_squared_error(target, transformed, masks[r]) for r in regions}
+
+    def _region(self, constraint: str, target: Tensor, aligned: Tensor, tf_error: Tensor | None, mask: Tensor) -> Tensor:
         loss = target.new_zeros((), dtype=torch.float32)
         if constraint in ("tf", "tf+mse"):
-            loss = loss + masked_squared_error(target, transformed, mask)
+            loss = loss + tf_error
         if constraint in ("mse", "tf+mse"):
             loss = loss + masked_squared_error(target, aligned, mask)
         return loss
@@ -113,9 +154,10 @@ class DFDLoss(nn.Module):
             d = disparity_map(feat_s.detach().float(), feat_t.float(), self.temperature)  # selection in fp32
             mask = region_mask(d, self.threshold)
             self.hd_fraction = mask.float().mean()
+        masks = {"hd": mask, "ld": 1.0 - mask}
         aligned = self.align(feat_s)
-        transformed = self.transform(aligned) if self.transform is not None else None
+        tf = self._transform_errors(feat_t, aligned, masks)
         return {
-            "hd": self.alpha * self._region(self.hd, feat_t, aligned, transformed, mask),
-            "ld": self.beta * self._region(self.ld, feat_t, aligned, transformed, 1.0 - mask),
+            "hd": self.alpha * self._region(self.hd, feat_t, aligned, tf.get("hd"), masks["hd"]),
+            "ld": self.beta * self._region(self.ld, feat_t, aligned, tf.get("ld"), masks["ld"]),
         }

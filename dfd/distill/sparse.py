@@ -1,0 +1,192 @@
+"""f_trans evaluated only where a region loss reads it (paper: L_HD).
+
+L_HD reads f_trans(F^S) only inside R_HD. For a stack of stride-1 "same" convolutions and
+pointwise activations (every structure of :mod:`.transform`), the output at R needs the
+last layer's input only on R dilated by that layer's kernel radius, that layer's input on a
+further dilation, and so on. :func:`sparse_region_error` evaluates each convolution only at
+the positions it must produce (an im2col of those positions times the weight matrix), so its
+cost follows the region's size instead of the map's. Loss and gradients are those of the
+dense computation (the positions it skips never reach the loss).
+
+Cost and host synchronisation: the positions are index lists whose length depends on the
+mask, so the sparse path synchronises with the host (one small count per level for the
+dense/sparse decision, then one ``nonzero`` per set). On a CPU that is free; where it is not
+wanted, ``sparse_max_fraction = 0`` keeps the dense path and no synchronisation at all.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# Layers that act on each position alone (so they commute with any selection of positions).
+POINTWISE = (nn.ReLU, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Identity)
+
+
+def _flatten(module: nn.Module) -> list[nn.Module] | None:
+    layers = list(module) if isinstance(module, nn.Sequential) else [module]
+    flat: list[nn.Module] = []
+    for layer in layers:
+        if isinstance(layer, nn.Sequential):
+            inner = _flatten(layer)
+            if inner is None:
+                return None
+            flat.extend(inner)
+        elif isinstance(layer, nn.Conv2d):
+            k = layer.kernel_size
+            same = k[0] == k[1] and k[0] % 2 == 1 and layer.padding == (k[0] // 2, k[0] // 2)
+            plain = layer.stride == (1, 1) and layer.dilation == (1, 1) and layer.groups == 1
+            if not (same and plain and layer.padding_mode == "zeros"):
+                return None
+            flat.append(layer)
+        elif isinstance(layer, POINTWISE):
+            flat.append(layer)
+        else:
+            return None
+    return flat
+
+
+def conv_stack(module: nn.Module) -> list[nn.Module] | None:
+    """The layers of ``module`` when it is a chain the sparse path can evaluate, else None.
+
+    Supported: ``nn.Conv2d`` with stride 1, dilation 1, one group, an odd square kernel and
+    zero padding k // 2 (the map keeps its size), and the pointwise activations in
+    :data:`POINTWISE` (all map 0 to 0, so they commute with zero padding), alone or in
+    (nested) ``nn.Sequential``, with at least one convolution.
+    """
+    flat = _flatten(module)
+    return flat if flat is not None and any(isinstance(layer, nn.Conv2d) for layer in flat) else None
+
+
+def _radius(layer: nn.Module) -> int:
+    return layer.kernel_size[0] // 2 if isinstance(layer, nn.Conv2d) else 0
+
+
+def required_masks(layers: Sequence[nn.Module], mask: Tensor) -> list[Tensor]:
+    """Where each convolution of ``layers`` must be evaluated for the output on ``mask``.
+
+    S_L = R,  S_{l-1} = dilate(S_l, r_l) ∩ image   (r_l: kernel radius of conv l)
+
+    Returns one bool [N, H, W] mask per ``nn.Conv2d``, in layer order (the first is the largest).
+    """
+    need = mask.reshape(mask.shape[0], 1, *mask.shape[-2:]).bool()
+    sets: list[Tensor] = []
+    for layer in reversed(layers):
+        if isinstance(layer, nn.Conv2d):
+            sets.append(need[:, 0])
+            r = _radius(layer)
+            if r:
+                need = F.max_pool2d(need.float(), 2 * r + 1, stride=1, padding=r) > 0
+    return sets[::-1]
+
+
+def sparse_work_fraction(layers: Sequence[nn.Module], sets: Sequence[Tensor]) -> Tensor:
+    """The sparse path's convolution work relative to the dense one (a 0-dim tensor, no sync).
+
+    fraction = Σ_l |S_l| · k_l² / (N·H·W · Σ_l k_l²)
+    """
+    convs = [layer for layer in layers if isinstance(layer, nn.Conv2d)]
+    cost = torch.tensor([float(c.kernel_size[0] ** 2) for c in convs], device=sets[0].device)
+    counts = torch.stack([s.sum() for s in sets]).float()
+    return (counts * cost).sum() / (sets[0].numel() * cost.sum())
+
+
+def _rows(sets_mask: Tensor, pad: int) -> Tensor:
+    """Row of each True position of ``sets_mask`` [N, H, W] in the flattened map padded by ``pad``."""
+    n, h, w = sets_mask.shape
+    nz = sets_mask.nonzero()
+    return (nz[:, 0] * (h + 2 * pad) + nz[:, 1] + pad) * (w + 2 * pad) + nz[:, 2] + pad
+
+
+def _conv_at(layer: nn.Conv2d, grid: Tensor, rows: Tensor, width: int) -> Tensor:
+    """``layer`` evaluated at ``rows`` of ``grid`` [N·(H+2p)·(W+2p), C] (a padded map, channels last).
+
+    out_r = b + W · vec(patch_r)   (an im2col of the rows asked for only)
+    """
+    r = _radius(layer)
+    d = torch.arange(-r, r + 1, device=rows.device)
+    offsets = (d[:, None] * width + d[None, :]).reshape(-1)  # kernel order (ky, kx)
+    patches = grid.index_select(0, (rows[:, None] + offsets[None, :]).reshape(-1))
+    patches = patches.reshape(rows.shape[0], offsets.numel() * grid.shape[1])  # [K, k·k·C], channel fastest
+    weight = layer.weight.permute(0, 2, 3, 1).reshape(layer.out_channels, -1)
+    if layer.bias is None:
+        return patches @ weight.t()
+    return torch.addmm(layer.bias, patches, weight.t())
+
+
+class _Rows(torch.autograd.Function):
+    """[N, C, H, W] -> [N·(H+2p)·(W+2p), C]: zero-padded, channels last, one row per position.
+
+    One copy each way; the gradient comes back contiguous in [N, C, H, W] (the autograd of
+    pad + permute would hand back a channels-last view, and adding that to the gradient of
+    the feature's other uses, e.g. L_LD's, is a slow strided add).
+    """
+
+    @staticmethod
+    def forward(ctx, feat: Tensor, pad: int) -> Tensor:  # noqa: ANN001 (autograd's ctx)
+        n, c, h, w = feat.shape
+        ctx.pad, ctx.shape = pad, (n, c, h, w)
+        grid = feat.new_zeros(n, h + 2 * pad, w + 2 * pad, c)
+        grid[:, pad:pad + h, pad:pad + w] = feat.permute(0, 2, 3, 1)
+        return grid.reshape(-1, c)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # noqa: ANN001
+        n, c, h, w = ctx.shape
+        p = ctx.pad
+        grad = grad.reshape(n, h + 2 * p, w + 2 * p, c)[:, p:p + h, p:p + w].reshape(n, h * w, c)
+        # one 2-D transpose per image: about twice as fast on a CPU as permute(0, 3, 1, 2).contiguous()
+        return torch.stack([g.t().contiguous() for g in grad]).reshape(n, c, h, w), None
+
+
+def _grid(feat: Tensor, pad: int) -> Tensor:
+    """[N, C, H, W] -> [N·(H+2p)·(W+2p), C] (see :class:`_Rows`)."""
+    return _Rows.apply(feat, pad)
+
+
+def sparse_transform(layers: Sequence[nn.Module], feat: Tensor, sets: Sequence[Tensor]) -> Tensor:
+    """f_trans(F) at the positions of ``sets[-1]`` only -> [K, C_out] (rows in ``nonzero`` order).
+
+    ``sets`` are :func:`required_masks` of the output region. Between convolutions the values
+    are put back into a zero map: the padding a dense convolution would add, and positions
+    the next convolution never reads.
+    """
+    n, _, h, w = feat.shape
+    pad = max(_radius(layer) for layer in layers)
+    width = w + 2 * pad
+    grid, rows, values, i = _grid(feat, pad), None, None, 0  # conv_stack: at least one conv
+    for layer in layers:
+        if isinstance(layer, nn.Conv2d):
+            if values is not None:  # scatter the previous conv's output into a zero map
+                grid = values.new_zeros(n * (h + 2 * pad) * width, values.shape[1]).index_copy(0, rows, values)
+            rows = _rows(sets[i], pad)
+            values, i = _conv_at(layer, grid, rows, width), i + 1
+        elif values is None:
+            grid = layer(grid)  # pointwise before the first conv: on the whole (padded) map
+        else:
+            values = layer(values)
+    return values
+
+
+def sparse_region_error(layers: Sequence[nn.Module], target: Tensor, feat: Tensor, mask: Tensor, sets: Sequence[Tensor] | None = None) -> Tensor:
+    """Region distillation loss of a transformed student, f_trans evaluated on R (and what it needs) only.
+
+    L_R = (1/N) Σ_k^C Σ_{(i,j) ∈ R} (F^T_{i,j,k} − f_trans(F^S)_{i,j,k})²     (paper: L_HD with R = R_HD)
+
+    Equal (to float rounding) to ``masked_squared_error(target, f_trans(feat), mask)``.
+
+    Args:
+        layers: :func:`conv_stack` of f_trans.
+        target: teacher feature [N, C, H, W] (detached by the caller).
+        feat: aligned student feature [N, C', H, W].
+        mask: [N, 1, H, W] 0/1 region mask (R = the positions where it is 1).
+        sets: :func:`required_masks` of ``mask`` if already computed.
+    """
+    if sets is None:
+        sets = required_masks(layers, mask)
+    region = mask.reshape(mask.shape[0], *mask.shape[-2:]).bool()
+    pred = sparse_transform(layers, feat, sets)
+    t = target.permute(0, 2, 3, 1).reshape(-1, target.shape[1]).index_select(0, _rows(region, 0))
+    return (t.float() - pred.float()).pow(2).sum() / target.shape[0]

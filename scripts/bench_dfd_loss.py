@@ -1,0 +1,172 @@
+#!/usr/bin/env python
+"""DFD's loss alone, forward + backward, at full-scale shapes: f_trans sparse against dense.
+
+    python scripts/bench_dfd_loss.py                      # RetinaNet P3-P7 of 1333x800, 256 channels, batch 2
+    python scripts/bench_dfd_loss.py repeats=10 threads=2 transform=conv3x3
+    python scripts/bench_dfd_loss.py sweep=1               # P3 only: sparse/dense against the region's size
+
+Both variants are the same :class:`~dfd.distill.DFDLoss` with the same weights: "dense" with
+``sparse_max_fraction=0`` (f_trans over the whole map, then masked), "sparse" with the given
+``sparse_max_fraction`` (default: the library's). They run interleaved, in alternating order,
+``repeats`` times after ``warmup`` rounds; each round gives one sparse/dense ratio, and the table
+shows the median and the spread (min-max) of the times and of the ratios. The loss values are
+compared (relative difference) so a speed-up can never come from computing something else.
+
+The maps are random but spatially smooth (a low-resolution random field upsampled, plus noise),
+as detector features are, so the high-disparity region is made of blobs, not of isolated pixels:
+``scale`` is the size, in input pixels, over which they vary (default 64: a small object; 8
+positions on P3, 1 on P6 and P7). How much sparse saves depends on it (small blobs grow more
+when dilated for the 3x3 receptive field), so the table reports, per level,
+the high-disparity share of the positions and the share of the dense convolution work the sparse
+path does. ``sweep=1`` instead times f_trans's region error on P3 with blob masks of
+growing size, to place the break-even that ``sparse_max_fraction``'s default comes from.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dfd.distill import DFDLoss, disparity_map, region_mask  # noqa: E402
+from dfd.distill.constraint import masked_squared_error  # noqa: E402
+from dfd.distill.sparse import conv_stack, required_masks, sparse_region_error, sparse_work_fraction  # noqa: E402
+from dfd.distill.transform import build_transform  # noqa: E402
+
+IMAGE_HW = (800, 1333)
+STRIDES = (8, 16, 32, 64, 128)
+
+
+def smooth_field(n: int, c: int, hw: tuple[int, int], cell: int, g: torch.Generator) -> torch.Tensor:
+    """Random field varying over about ``cell`` positions: bilinear upsampling of a coarse N(0, 1) grid."""
+    h, w = hw
+    coarse = torch.randn(n, c, max(2, math.ceil(h / cell)) + 1, max(2, math.ceil(w / cell)) + 1, generator=g)
+    return F.interpolate(coarse, size=hw, mode="bilinear", align_corners=False)
+
+
+def level_maps(n: int, c: int, hw: tuple[int, int], cell: float, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A student and a teacher map sharing structure (varying over ``cell`` positions), each with its own
+    spatial gain (one smooth field for all channels: where a network responds more strongly) and noise."""
+    base = smooth_field(n, c, hw, cell, g).relu()
+    maps = [base * (1 + 0.5 * smooth_field(n, 1, hw, cell, g)).clamp(min=0) + 0.1 * torch.randn(n, c, *hw, generator=g)
+            for _ in range(2)]
+    return maps[0], maps[1]
+
+
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds per call of each function, run in turn (order reversed every round) ``repeats`` times."""
+    names = list(fns)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(warmup + repeats):
+        for name in names if r % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
+            fns[name]()
+            if r >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def spread(values: list[float], fmt: str = "{:.3f}") -> str:
+    """``median [min–max]`` of ``values``."""
+    return f"{fmt.format(statistics.median(values))} [{fmt.format(min(values))}–{fmt.format(max(values))}]"
+
+
+def full_scale(args: dict[str, str]) -> int:
+    n, c = int(args["batch"]), int(args["channels"])
+    g = torch.Generator().manual_seed(0)
+    shapes = [(math.ceil(IMAGE_HW[0] / s), math.ceil(IMAGE_HW[1] / s)) for s in STRIDES]
+    maps = [level_maps(n, c, hw, max(1.0, float(args["scale"]) / s), g) for hw, s in zip(shapes, STRIDES)]
+    feats = [s.requires_grad_() for s, _ in maps]
+    kw = {"transform": args["transform"], "hd": args["hd"], "ld": args["ld"]}
+    dense = [DFDLoss(c, c, sparse_max_fraction=0.0, **kw) for _ in shapes]
+    sparse_kw = {} if args["sparse_max_fraction"] == "default" else {"sparse_max_fraction": float(args["sparse_max_fraction"])}
+    sparse = [DFDLoss(c, c, **sparse_kw, **kw) for _ in shapes]
+    for d, s in zip(dense, sparse):
+        s.load_state_dict(d.state_dict())
+    values: dict[str, float] = {}
+
+    def step(losses: list[DFDLoss], name: str) -> Callable[[], None]:
+        def run() -> None:
+            for feat in feats:
+                feat.grad = None
+            for m in losses:
+                m.zero_grad(set_to_none=True)
+            total = sum(sum(m(fs, ft).values()) for m, fs, (_, ft) in zip(losses, feats, maps))
+            total.backward()
+            values[name] = float(total.detach())
+        return run
+
+    times = interleaved({"dense": step(dense, "dense"), "sparse": step(sparse, "sparse")}, int(args["repeats"]), int(args["warmup"]))
+    ratios = [s / d for s, d in zip(times["sparse"], times["dense"])]
+    print(f"DFD loss forward+backward, P3-P7 of {IMAGE_HW[1]}x{IMAGE_HW[0]}, batch {n}, {c} channels, "
+          f"maps varying over {args['scale']} input pixels, "
+          f"hd={kw['hd']} ld={kw['ld']} transform={kw['transform']}; CPU, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}; {args['repeats']} interleaved rounds after {args['warmup']} warm-up")
+    print("| level | H x W | R_HD share | sparse work share | path |\n|---|---|---:|---:|---|")
+    for s, m, (fs, ft), hw in zip(STRIDES, sparse, maps, shapes):
+        stack = conv_stack(m.transform) if m.transform is not None else None
+        mask = region_mask(disparity_map(fs.detach(), ft, m.temperature), m.threshold)
+        work = float(sparse_work_fraction(stack, required_masks(stack, mask))) if stack else float("nan")
+        print(f"| P{int(math.log2(s))} | {hw[0]}x{hw[1]} | {float(m.hd_fraction):.3f} | {work:.3f} | {m.last_path} |")
+    rel = abs(values["sparse"] - values["dense"]) / max(abs(values["dense"]), 1e-30)
+    print(f"\n| variant | time (s), median [min–max] |\n|---|---:|\n| dense | {spread(times['dense'])} |\n"
+          f"| sparse | {spread(times['sparse'])} |\n| sparse / dense | {spread(ratios)} |")
+    print(f"loss: dense {values['dense']:.6g}, sparse {values['sparse']:.6g} (relative difference {rel:.1e})")
+    return 0
+
+
+def sweep(args: dict[str, str]) -> int:
+    """Sparse/dense time of f_trans's region error on P3 against the sparse work share (blob masks)."""
+    n, c = int(args["batch"]), int(args["channels"])
+    hw = (math.ceil(IMAGE_HW[0] / 8), math.ceil(IMAGE_HW[1] / 8))
+    g = torch.Generator().manual_seed(0)
+    f = build_transform(args["transform"], c)
+    stack = conv_stack(f)
+    x = torch.randn(n, c, *hw, generator=g).requires_grad_()
+    t = torch.randn(n, c, *hw, generator=g)
+    field = smooth_field(n, 1, hw, 8, g)
+    print(f"f_trans region error, forward+backward, P3 {hw[0]}x{hw[1]}, batch {n}, {c} channels, transform={args['transform']}; "
+          f"CPU, {torch.get_num_threads()} threads; {args['repeats']} interleaved rounds")
+    print("| region share | sparse work share | dense (s) | sparse (s) | sparse / dense |\n|---:|---:|---:|---:|---:|")
+    for q in (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3):
+        mask = (field >= torch.quantile(field.flatten(1), q, dim=1).reshape(n, 1, 1, 1)).float()
+        sets = required_masks(stack, mask)
+        work = float(sparse_work_fraction(stack, sets))
+
+        def run(sparse: bool, mask: torch.Tensor = mask, sets: list = sets) -> Callable[[], None]:
+            def go() -> None:
+                x.grad = None
+                f.zero_grad(set_to_none=True)
+                loss = sparse_region_error(stack, t, x, mask, sets) if sparse else masked_squared_error(t, f(x), mask)
+                loss.backward()
+            return go
+
+        times = interleaved({"dense": run(False), "sparse": run(True)}, int(args["repeats"]), int(args["warmup"]))
+        ratios = [s / d for s, d in zip(times["sparse"], times["dense"])]
+        print(f"| {float(mask.mean()):.2f} | {work:.2f} | {spread(times['dense'])} | {spread(times['sparse'])} | {spread(ratios, '{:.2f}')} |", flush=True)
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    args = {"repeats": "5", "warmup": "1", "threads": "1", "batch": "2", "channels": "256", "transform": "generation",
+            "hd": "tf", "ld": "mse", "sparse_max_fraction": "default", "sweep": "0",
+            "scale": "64"}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in args:
+            raise SystemExit(f"unknown argument {arg!r}; expected key=value with key in {', '.join(args)}")
+        args[key] = value
+    if int(args["threads"]) > 0:
+        torch.set_num_threads(int(args["threads"]))
+    return sweep(args) if args["sweep"] == "1" else full_scale(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
