@@ -62,6 +62,7 @@ VOLATILE_KEYS = (
     "logger", "runs_root", "trainer.progress", "trainer.log_interval", "trainer.checkpoint_interval",
     "trainer.threads", "trainer.overwrite", "trainer.device", "trainer.evaluate", "data.num_workers",
     "data.eval_batch_size", "data.verify_images",
+    "distill.dfd.sparse_max_fraction",  # sparse or dense f_trans: the same loss (tests/test_distill_sparse.py)
 )
 # Config keys naming a file or directory: compared by what they point to, not by their spelling.
 PATH_KEYS = ("data.root", "teacher.checkpoint", "teacher.weights", "student.checkpoint", "student.weights")
