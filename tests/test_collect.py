@@ -566,7 +566,8 @@ def test_the_baseline_of_a_row_is_its_groups_undistilled_student() -> None:
     assert spec2.baseline_of("retinanet_ours") == "retinanet_student"
     assert spec2.baseline_of("faster_rcnn_pkd") == "faster_rcnn_student"
     assert spec3.baseline_of("x101_ours") == "student"  # another teacher, the same student: its undistilled run
-    assert spec5.baseline_of("tf_mse") is None  # no undistilled student: nothing is called a gain
+    assert spec5.baseline_of("tf_mse") == "mse_mse"  # no undistilled student: the spec names its reference row
+    assert load_spec(4).baseline_of("mgd_dfd") is None  # neither: nothing is called a gain
     assert load_spec(6).baseline_of("yolov6_ours") == "yolov6_student"  # the teacher row is no baseline
 
 
