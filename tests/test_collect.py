@@ -509,7 +509,8 @@ def test_log_wandb_arguments(test_spec, runs: Path, monkeypatch: pytest.MonkeyPa
 def test_log_wandb_offline_for_real(test_spec, runs: Path, tmp_path: Path,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """Real wandb in offline mode (about 2 s here, so not marked slow); needs no account."""
-    pytest.importorskip("wandb")
+    wandb = pytest.importorskip("wandb")
+    wandb.teardown()  # a service an earlier test in this process left keeps its settings (directories)
     for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
         monkeypatch.setenv(var, str(tmp_path / "wandb_home"))
     monkeypatch.setenv("WANDB_SILENT", "true")

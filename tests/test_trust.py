@@ -402,7 +402,8 @@ def test_12_files_a_run_writes_are_readable_by_the_group(finished_run: Path) -> 
 
 def test_12_wandb_online_without_a_server_falls_back_to_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                 caplog: pytest.LogCaptureFixture) -> None:
-    pytest.importorskip("wandb")
+    wandb = pytest.importorskip("wandb")
+    wandb.teardown()  # a service an earlier test in this process left keeps its settings (directories)
     for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
         monkeypatch.setenv(var, str(tmp_path / "wandb_home"))
     monkeypatch.setenv("WANDB_SILENT", "true")
