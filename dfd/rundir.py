@@ -54,6 +54,9 @@ REPLACED_PREFIX = "replaced-"  # trainer.overwrite=true: the replaced run's file
 
 SCALES = ("smoke", "full")
 TEACHERS_DIR = "teachers"
+# Where collected tables and figures go, relative to a checkout: results, not code, so changes there
+# do not make the code "dirty" (dfd.engine.runinfo.code_version; dfd.results.formats.results_dir).
+RESULTS_DIR = "experiments/results"
 ROW_SEED = "{row}/seed{seed}"  # a run of a table row, under the table's directory
 
 # Config keys that change where or how verbosely a run works, not what it computes: left out of

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from dfd.rundir import FAILED_FILE, METRICS_FILE, atomic_write_json
+from dfd.rundir import FAILED_FILE, METRICS_FILE, RESULTS_DIR, atomic_write_json
 
 from .config import CONF_DIR
 
@@ -22,7 +22,8 @@ def now() -> str:
 
 
 def code_version() -> dict[str, Any]:
-    """Package version and, when run from a git checkout, the commit and whether the tree is dirty."""
+    """Package version and, when run from a git checkout, the commit and whether its tracked code differs from
+    it (``dirty``); changes under :data:`~dfd.rundir.RESULTS_DIR` (collected tables and figures) are not code."""
     try:
         version = metadata.version("dfd")
     except metadata.PackageNotFoundError:
@@ -33,7 +34,7 @@ def code_version() -> dict[str, Any]:
         return info  # an installed copy: no checkout to ask
     try:
         info["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True, timeout=10).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True, check=True, timeout=10)
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", f":(exclude){RESULTS_DIR}"], cwd=repo, capture_output=True, text=True, check=True, timeout=10)
         info["dirty"] = bool(status.stdout.strip())
     except (OSError, subprocess.SubprocessError):
         pass

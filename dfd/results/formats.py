@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from dfd.rundir import atomic_write_text
+from dfd.rundir import RESULTS_DIR, atomic_write_text
 
 from .spec import default_experiments_dir
 from .tables import CollectedRow, CollectedTable, short_error
@@ -355,7 +355,7 @@ def output_stem(table: CollectedTable, out_dir: str | Path, force: bool = False)
 
 def results_dir() -> Path:
     """``experiments/results/``: the tables and figures a reader is shown (only from committed code)."""
-    return (default_experiments_dir() / "results").resolve()
+    return (default_experiments_dir() / Path(RESULTS_DIR).name).resolve()
 
 
 def uncommitted_refusal(out_dir: str | Path, code: Mapping[str, Any], allow_dirty: bool = False) -> str | None:
