@@ -52,3 +52,17 @@ def teacher_checkpoint(tmp_path_factory: pytest.TempPathFactory, data_cache: Pat
     run_dir = tmp_path_factory.mktemp("teacher")
     run_training(compose_config([*TINY, "train=teacher"]), run_dir)
     return run_dir / "checkpoints" / "last.pth"
+
+
+@pytest.fixture
+def wandb_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Real W&B kept inside ``tmp_path / "wandb_home"``, silent, mode unset, with a fresh service: a
+    service an earlier test in this process left keeps its settings (directories)."""
+    wandb = pytest.importorskip("wandb")
+    wandb.teardown()
+    home = tmp_path / "wandb_home"
+    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
+        monkeypatch.setenv(var, str(home))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    return home

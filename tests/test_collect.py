@@ -506,17 +506,10 @@ def test_log_wandb_arguments(test_spec, runs: Path, monkeypatch: pytest.MonkeyPa
     assert calls["finished"]
 
 
-def test_log_wandb_offline_for_real(test_spec, runs: Path, tmp_path: Path,
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_log_wandb_offline_for_real(test_spec, runs: Path, wandb_home: Path) -> None:
     """Real wandb in offline mode (about 2 s here, so not marked slow); needs no account."""
-    wandb = pytest.importorskip("wandb")
-    wandb.teardown()  # a service an earlier test in this process left keeps its settings (directories)
-    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
-        monkeypatch.setenv(var, str(tmp_path / "wandb_home"))
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.delenv("WANDB_MODE", raising=False)
     log_wandb(collect_table(test_spec, runs, "smoke", [0, 1, 2]), project="dfd-test", mode="offline")
-    assert list((tmp_path / "wandb_home" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert list((wandb_home / "wandb").glob("offline-run-*/run-*.wandb"))
 
 
 # --------------------------------------------------------------------------- seeds, baselines, committed code

@@ -17,6 +17,18 @@ from dfd.models.faster_rcnn import FasterRCNNOptions
 TORCHVISION_RCNN = dict(exact_anchors=False, roi_aligned=False, roi_sampling_ratio=2)
 
 
+def assert_same_detections(ours, theirs) -> None:
+    """Our model and torchvision's detect the same boxes, scores and labels on one random 800x1067 image
+    (a size torchvision's transform keeps: scale 1)."""
+    image = torch.rand(3, 800, 1067)
+    with torch.no_grad():
+        mine = ours.predict(ours.prepare([image], [{}], "cpu"))[0]
+        other = theirs([image])[0]
+    assert len(mine["boxes"]) > 0
+    for key in ("boxes", "scores", "labels"):
+        assert torch.allclose(mine[key].float(), other[key].float(), atol=1e-4), key
+
+
 @pytest.mark.slow
 def test_a_faster_rcnn_student_round_trips_through_torchvisions_builder(tmp_path: Path) -> None:
     """With torchvision's options our Faster R-CNN predicts as torchvision's FasterRCNN with the same weights."""
@@ -29,13 +41,7 @@ def test_a_faster_rcnn_student_round_trips_through_torchvisions_builder(tmp_path
 
     theirs = torchvision.models.detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=4).eval()
     theirs.load_state_dict(torch.load(tmp_path / "student.pth", weights_only=True))  # strict
-    image = torch.rand(3, 800, 1067)  # a size torchvision's transform keeps (scale 1)
-    with torch.no_grad():
-        mine = ours.predict(ours.prepare([image], [{}], "cpu"))[0]
-        other = theirs([image])[0]
-    assert len(mine["boxes"]) > 0
-    for key in ("boxes", "scores", "labels"):
-        assert torch.allclose(mine[key].float(), other[key].float(), atol=1e-4), key
+    assert_same_detections(ours, theirs)
     meta = json.loads((tmp_path / "student.pth.json").read_text())
     assert meta["family"] == "faster_rcnn" and meta["label_to_category"]["3"] == 7
     rebuilt = build_model(options_from_dict(meta["model_config"]), meta["num_classes"], "student")
@@ -58,10 +64,4 @@ def test_a_retinanet_with_torchvisions_options_round_trips_through_its_builder(t
     theirs = torchvision.models.detection.retinanet_resnet50_fpn(weights=None, weights_backbone=None, num_classes=4,
                                                                  detections_per_img=options.detections_per_img).eval()
     theirs.load_state_dict(torch.load(tmp_path / "student.pth", weights_only=True))
-    image = torch.rand(3, 800, 1067)
-    with torch.no_grad():
-        mine = ours.predict(ours.prepare([image], [{}], "cpu"))[0]
-        other = theirs([image])[0]
-    assert len(mine["boxes"]) > 0
-    for key in ("boxes", "scores", "labels"):
-        assert torch.allclose(mine[key].float(), other[key].float(), atol=1e-4), key
+    assert_same_detections(ours, theirs)

@@ -400,16 +400,10 @@ def test_12_files_a_run_writes_are_readable_by_the_group(finished_run: Path) -> 
     assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: oct(0o666 & ~umask) for p in files}
 
 
-def test_12_wandb_online_without_a_server_falls_back_to_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+def test_12_wandb_online_without_a_server_falls_back_to_offline(tmp_path: Path, wandb_home: Path, monkeypatch: pytest.MonkeyPatch,
                                                                 caplog: pytest.LogCaptureFixture) -> None:
-    wandb = pytest.importorskip("wandb")
-    wandb.teardown()  # a service an earlier test in this process left keeps its settings (directories)
-    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
-        monkeypatch.setenv(var, str(tmp_path / "wandb_home"))
-    monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
-    monkeypatch.delenv("WANDB_MODE", raising=False)
     start = time.perf_counter()
     with caplog.at_level(logging.WARNING, logger="dfd"):
         logger = RunLogger(tmp_path, {"seed": 0}, kind="wandb", mode="online", init_timeout=2)
