@@ -19,6 +19,7 @@ from dfd.data import (
     DATASETS,
     CocoDetection,
     DataError,
+    DataNeeds,
     ScaleToFit,
     build_datasets,
     build_transforms,
@@ -491,7 +492,7 @@ def test_build_datasets(synth_root: Path, handmade: Path) -> None:
     assert "masks" not in target and max(image.shape[-2:]) <= 80
 
     train, val = build_datasets("coco", handmade, min_size=60, max_size=100, filter_empty_train=False,
-                                with_masks=True, rounding="floor")
+                                needs=DataNeeds(target_keys=("boxes", "labels", "masks")), rounding="floor")
     assert len(train) == 3 and val.num_classes == 3 and train.with_masks and val.with_masks
     assert val[1][1]["masks"].shape == (2, 60, 80)
 
@@ -505,9 +506,11 @@ def test_build_datasets_errors(synth_root: Path, handmade: Path) -> None:
         build_datasets("synthetic", synth_root, min_size=64, max_size=80, synthetic={"bogus": 1})
     with pytest.raises(DataError, match=r"data\.rounding"):
         build_datasets("coco", handmade, min_size=60, max_size=100, rounding="ceil")
+    with pytest.raises(DataError, match=r"data\.kind='coco' serves the detection.*the pose family trains on the 'topdown'"):
+        build_datasets("coco", handmade, needs=DataNeeds(pipeline="topdown"), family="the pose family")
     for kind in ("coco_keypoints", "cityscapes"):
         with pytest.raises(ComponentNotImplemented, match=rf"data\.kind='{kind}' is not implemented yet: \w+"):
-            build_datasets(kind, handmade, min_size=60, max_size=100)
+            build_datasets(kind, handmade, min_size=60, max_size=100, needs=DataNeeds(pipeline=DATASETS[kind].pipelines[0]))
 
 
 def test_registry_entries() -> None:

@@ -221,14 +221,14 @@ def test_inherit_copies_only_matching_neck_and_head() -> None:
 @pytest.mark.parametrize("option", _implemented_options("student"))
 def test_every_family_overfits_a_few_images(option: str, tmp_path: Path) -> None:
     """A family trains: on four synthetic images its loss falls and its AP on them rises."""
-    from dfd.data import build_datasets, collate
+    from dfd.data import DataNeeds, build_datasets, collate
     from dfd.engine.dist import DistInfo
     from dfd.engine.evaluate import evaluate_model
 
     cfg = load_config(compose_config(["scale=smoke", f"student={option}", "distill=none"]))
     family = get_family(cfg.student.family)
     train, _ = build_datasets("synthetic", tmp_path, min_size=128, max_size=160, flip_prob=0.0,
-                              with_masks="masks" in family.target_keys, synthetic={"num_train": 4, "num_val": 1})
+                              needs=DataNeeds(target_keys=family.target_keys), synthetic={"num_train": 4, "num_val": 1})
     torch.manual_seed(0)
     model = build_model(cfg.student, train.num_classes, "student")
     images, targets = collate([train[i] for i in range(len(train))])

@@ -2,7 +2,17 @@
 from __future__ import annotations
 
 from .coco import CocoDetection, DataError
-from .registry import DATASETS, DatasetEntry, build_datasets, data_kinds, dataset_entry, synthetic_cache_root
+from .registry import (
+    DATASETS,
+    DataNeeds,
+    DatasetEntry,
+    build_datasets,
+    check_pipeline,
+    data_kinds,
+    dataset_entry,
+    register_dataset,
+    synthetic_cache_root,
+)
 from .sampler import EpochBatchSampler, collate
 from .synthetic import CATEGORIES as SYNTHETIC_CATEGORIES
 from .synthetic import ensure_synthetic_coco, generate_synthetic_coco
@@ -14,12 +24,14 @@ __all__ = [
     "SYNTHETIC_CATEGORIES",
     "CocoDetection",
     "DataError",
+    "DataNeeds",
     "DatasetEntry",
     "EpochBatchSampler",
     "RecordSize",
     "ScaleToFit",
     "build_datasets",
     "build_transforms",
+    "check_pipeline",
     "collate",
     "data_kinds",
     "dataset_entry",
@@ -27,5 +39,6 @@ __all__ = [
     "fit_scale",
     "fit_size",
     "generate_synthetic_coco",
+    "register_dataset",
     "synthetic_cache_root",
 ]

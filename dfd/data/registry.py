@@ -2,6 +2,12 @@
 
 ``DATASETS`` is the single list of kinds: the config check validates ``data.kind`` against it,
 and ``build_datasets`` builds the (train, val) pair through the entry's builder.
+
+A kind serves one or more *pipelines* (``detection``: resize and flip; ``yolo``: letterbox, mosaic,
+mixup; ``topdown``: person crops and heatmaps; ``segmentation``: label maps and crops). The model
+family says which pipeline it trains on and which target fields it needs (:class:`DataNeeds`); a
+kind that does not serve the family's pipeline is refused naming both. A synthetic kind names its
+``twin``: the real dataset of the same layout that ``data_root`` swaps it for.
 """
 from __future__ import annotations
 
@@ -20,7 +26,16 @@ from .coco import CocoDetection, DataError
 from .synthetic import _params, ensure_synthetic_coco
 from .transforms import ROUNDINGS, build_transforms
 
-Builder = Callable[..., tuple[CocoDetection, CocoDetection]]
+Builder = Callable[..., tuple[Any, Any]]
+
+
+@dataclass(frozen=True)
+class DataNeeds:
+    """What a model family asks of the data: its ``pipeline`` and the ``target_keys`` it trains on
+    (``masks`` asks a detection kind to decode instance masks)."""
+
+    pipeline: str = "detection"
+    target_keys: tuple[str, ...] = ("boxes", "labels")
 
 
 @dataclass(frozen=True)
@@ -29,8 +44,10 @@ class DatasetEntry:
 
     ``needs_root``: whether ``data.root`` must name an existing directory (``synthetic`` caches
     its generated files in a directory of its own when ``data.root`` is unset). ``reason``: for a
-    kind that is not implemented, one line saying what is missing. ``builder(root, **options)``
-    returns ``(train, val)``; ``None`` when not implemented.
+    kind that is not implemented, one line saying what is missing. ``builder(root, needs, **options)``
+    returns ``(train, val)``; ``None`` when not implemented. ``options`` are the ``data`` group's
+    values (``min_size``, ``synthetic``, ``keypoints``, ...): a builder takes the ones it uses by name.
+    ``pipelines``: the pipelines it serves. ``twin``: for a synthetic kind, the real kind of its layout.
     """
 
     name: str
@@ -39,6 +56,8 @@ class DatasetEntry:
     needs_root: bool = True
     reason: str = ""
     builder: Builder | None = None
+    pipelines: tuple[str, ...] = ("detection",)
+    twin: str | None = None
 
 
 def synthetic_cache_root(synthetic: Mapping[str, Any] | None = None) -> Path:
@@ -65,10 +84,10 @@ def _coco_pair(
     *,
     min_size: int,
     max_size: int,
-    flip_prob: float,
-    rounding: str,
-    filter_empty_train: bool,
-    with_masks: bool,
+    flip_prob: float = 0.5,
+    rounding: str = "round",
+    filter_empty_train: bool = True,
+    with_masks: bool = False,
     verify_images: bool = False,
 ) -> tuple[CocoDetection, CocoDetection]:
     """train2017 (flip, empty images dropped if asked) and val2017 (no flip, every image); ``verify_images``
@@ -91,19 +110,26 @@ def _coco_pair(
     return train, val
 
 
-def _build_coco(root: str | Path | None, *, synthetic: Mapping[str, Any] | None = None, **options: Any):
-    """Real COCO 2017 at ``data.root`` (``synthetic`` is ignored)."""
+DETECTION_OPTIONS = ("min_size", "max_size", "flip_prob", "rounding", "filter_empty_train", "verify_images")
+
+
+def _detection_options(options: Mapping[str, Any], needs: DataNeeds) -> dict[str, Any]:
+    return {k: options[k] for k in DETECTION_OPTIONS if k in options} | {"with_masks": "masks" in needs.target_keys}
+
+
+def _build_coco(root: str | Path | None, needs: DataNeeds, **options: Any):
+    """Real COCO 2017 at ``data.root``."""
     if root is None or str(root) == "":
         raise DataError("data.root: not set; give the directory of the coco dataset (data.root=PATH)")
-    return _coco_pair(root, **options)
+    return _coco_pair(root, **_detection_options(options, needs))
 
 
-def _build_synthetic(root: str | Path | None, *, synthetic: Mapping[str, Any] | None = None, **options: Any):
+def _build_synthetic(root: str | Path | None, needs: DataNeeds, **options: Any):
     """The synthetic set, generated on first use into ``root`` (default :func:`synthetic_cache_root`)."""
-    params = _synthetic_params(synthetic)
+    params = _synthetic_params(options.get("synthetic"))
     if root is None or str(root) == "":
         root = synthetic_cache_root(params)
-    return _coco_pair(ensure_synthetic_coco(root, **params), **options)
+    return _coco_pair(ensure_synthetic_coco(root, **params), **_detection_options(options, needs))
 
 
 DATASETS: dict[str, DatasetEntry] = {
@@ -114,6 +140,7 @@ DATASETS: dict[str, DatasetEntry] = {
             "shapes in the COCO 2017 layout, generated on first use (no download)",
             needs_root=False,
             builder=_build_synthetic,
+            twin="coco",
         ),
         DatasetEntry("coco", "COCO 2017 detection / instance segmentation at data.root", builder=_build_coco),
         DatasetEntry(
@@ -121,15 +148,26 @@ DATASETS: dict[str, DatasetEntry] = {
             "COCO 2017 person keypoints (Table 7, pose estimation)",
             implemented=False,
             reason="no keypoint dataset, top-down person crops (256x192) or heatmap targets yet",
+            pipelines=("topdown",),
         ),
         DatasetEntry(
             "cityscapes",
             "Cityscapes semantic segmentation (Table 7, PSPNet)",
             implemented=False,
             reason="no Cityscapes loader, 512x512 crops or label-map targets yet",
+            pipelines=("segmentation",),
         ),
     )
 }
+
+
+def register_dataset(entry: DatasetEntry) -> DatasetEntry:
+    """Add a ``data.kind`` (a data module calls it once at import); it may replace a not-implemented placeholder."""
+    old = DATASETS.get(entry.name)
+    if old is not None and old.implemented:
+        raise ValueError(f"data.kind {entry.name!r} is registered twice")
+    DATASETS[entry.name] = entry
+    return entry
 
 
 def data_kinds(*, implemented_only: bool = False) -> list[str]:
@@ -147,39 +185,28 @@ def dataset_entry(kind: str) -> DatasetEntry:
     return entry
 
 
-def build_datasets(
-    kind: str,
-    root: str | Path | None,
-    *,
-    min_size: int,
-    max_size: int,
-    flip_prob: float = 0.5,
-    rounding: str = "round",
-    filter_empty_train: bool = True,
-    with_masks: bool = False,
-    synthetic: Mapping[str, Any] | None = None,
-    verify_images: bool = False,
-) -> tuple[CocoDetection, CocoDetection]:
-    """``(train, val)`` datasets of ``data.kind`` with the detection transforms of the ``data`` group.
-
-    ``root`` is ``data.root`` (optional for ``synthetic``); ``synthetic`` the generator parameters
-    (``data.synthetic``, used by the synthetic kind only); ``with_masks`` adds instance masks to
-    the targets (Mask R-CNN families); ``rounding`` picks the resize's size rule (see
-    :func:`~dfd.data.fit_size`); ``verify_images`` decodes every image file before returning
-    (``data.verify_images``: a corrupt file is named before training starts, not at its first batch).
-    """
+def check_pipeline(kind: str, needs: DataNeeds, family: str = "the model") -> DatasetEntry:
+    """The entry of ``kind``, refused (naming ``data.kind`` and the family) when it does not serve ``needs.pipeline``."""
     entry = dataset_entry(kind)
+    if needs.pipeline not in entry.pipelines:
+        serving = [name for name, e in DATASETS.items() if needs.pipeline in e.pipelines]
+        raise DataError(f"data.kind={kind!r} serves the {'/'.join(entry.pipelines)} pipeline(s), but {family} trains on "
+                        f"the {needs.pipeline!r} pipeline; use data.kind among: {', '.join(serving) or 'none yet'}")
+    return entry
+
+
+def build_datasets(kind: str, root: str | Path | None, *, needs: DataNeeds = DataNeeds(), family: str = "the model",
+                   **options: Any) -> tuple[Any, Any]:
+    """``(train, val)`` datasets of ``data.kind`` for a family that needs ``needs``.
+
+    ``root`` is ``data.root`` (optional for synthetic kinds); ``options`` the ``data`` group's values, e.g.
+    for the detection kinds ``min_size``, ``max_size``, ``flip_prob``, ``rounding`` (see
+    :func:`~dfd.data.fit_size`), ``filter_empty_train``, ``verify_images`` (decode every image file before
+    returning: a corrupt file is named before training starts) and ``synthetic`` (the generator's parameters).
+    """
+    entry = check_pipeline(kind, needs, family)
+    rounding = options.get("rounding", "round")
     if rounding not in ROUNDINGS:
         raise DataError(f"data.rounding: {rounding!r} is not one of {', '.join(ROUNDINGS)}")
     assert entry.builder is not None
-    return entry.builder(
-        root,
-        synthetic=synthetic,
-        min_size=min_size,
-        max_size=max_size,
-        flip_prob=flip_prob,
-        rounding=rounding,
-        filter_empty_train=filter_empty_train,
-        with_masks=with_masks,
-        verify_images=verify_images,
-    )
+    return entry.builder(root, needs, **options)

@@ -20,7 +20,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from dfd.data import DATASETS, ROUNDINGS
+from dfd.data import DATASETS, ROUNDINGS, DataError, DataNeeds, check_pipeline
 from dfd.distill import (
     CONSTRAINTS,
     METHODS,
@@ -348,6 +348,14 @@ def _check_data(cfg: Config) -> None:
     _non_negative("data.num_workers", d.num_workers)
 
 
+def _check_pipeline(cfg: Config, family: Family, key: str) -> None:
+    """``data.kind`` serves the data pipeline ``family`` trains on (the error names both)."""
+    try:
+        check_pipeline(cfg.data.kind, DataNeeds(pipeline=family.pipeline), f"{key}.family={family.name!r}")
+    except DataError as err:
+        raise ConfigError(str(err)) from err
+
+
 def _check_schedule(cfg: Config) -> None:
     s = cfg.schedule
     _positive("schedule.epochs", s.epochs)
@@ -411,10 +419,13 @@ def check(cfg: Config, require_teacher: bool = True) -> None:
     _choice("train.role", cfg.role, ROLES)
     _check_data(cfg)
     family = check_model(cfg.model, cfg.role)
+    _check_pipeline(cfg, family, cfg.role)
     if cfg.role == "student":
         _check_distill(cfg, family)
         if cfg.distill.methods:
-            _check_levels(cfg, family, check_model(cfg.teacher, "teacher"))
+            teacher = check_model(cfg.teacher, "teacher")
+            _check_pipeline(cfg, teacher, "teacher")
+            _check_levels(cfg, family, teacher)
             if "dfd" in cfg.distill.methods:
                 _check_region(cfg)
             if require_teacher:

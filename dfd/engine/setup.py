@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from dfd.data import build_datasets
+from dfd.data import DataNeeds, build_datasets
 from dfd.models import Family
 
 from .config import Config
@@ -33,11 +33,12 @@ def setup_process(cfg: Config) -> tuple[DistInfo, torch.device]:
     return info, device
 
 
+LOADER_KEYS = ("kind", "root", "batch_size", "eval_batch_size", "num_workers", "group_by_aspect")
+"""``data`` values that are the loader's, not the dataset builder's."""
+
+
 def datasets(cfg: Config, family: Family) -> tuple[Any, Any]:
     """The train and val datasets of ``cfg.data``, with the targets ``family`` trains on."""
-    d = cfg.data
-    return build_datasets(
-        d.kind, d.root, min_size=d.min_size, max_size=d.max_size, flip_prob=d.flip_prob, rounding=d.rounding,
-        filter_empty_train=d.filter_empty_train, with_masks="masks" in family.target_keys,
-        synthetic=dataclasses.asdict(d.synthetic), verify_images=d.verify_images,
-    )
+    options = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k not in LOADER_KEYS}
+    needs = DataNeeds(pipeline=family.pipeline, target_keys=tuple(family.target_keys))
+    return build_datasets(cfg.data.kind, cfg.data.root, needs=needs, family=f"the {family.name} family", **options)

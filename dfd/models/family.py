@@ -242,6 +242,8 @@ class Family:
     inherit_prefixes: state-dict prefixes of the neck and head, copied by ``distill.inherit``.
     target_keys: the target fields its training needs from the data (``masks`` asks the
         dataset to decode instance masks).
+    pipeline: the data pipeline it trains on (``detection``, ``yolo``, ``topdown``, ``segmentation``:
+        ``dfd/data/registry.py``); ``data.kind`` must serve it.
     from_mmdet: ``from_mmdet(state_dict, options) -> state_dict``: an mmdetection 2.x checkpoint's
         weights as this family's (``scripts/convert_mmdet.py``); None where not written yet.
     """
@@ -254,6 +256,7 @@ class Family:
     default_levels: tuple[str, ...]
     inherit_prefixes: tuple[str, ...] = ()
     target_keys: tuple[str, ...] = ("boxes", "labels")
+    pipeline: str = "detection"
     from_mmdet: Optional[Callable[[Mapping[str, Tensor], Any], dict[str, Tensor]]] = None
 
     def __post_init__(self) -> None:
