@@ -67,6 +67,9 @@ VOLATILE_KEYS = (
     "data.eval_batch_size", "data.verify_images",
     "distill.dfd.sparse_max_fraction",  # sparse or dense f_trans: the same loss (tests/test_distill_sparse.py)
 )
+# Config nodes only the runs of one data pipeline set (yolo, topdown, segmentation): null elsewhere, and left
+# out of the digest when null, so adding a pipeline changes no digest of the runs before it.
+PIPELINE_KEYS = ("data.yolo", "data.keypoints", "data.segmentation")
 # Config keys naming a file or directory: compared by what they point to, not by their spelling.
 PATH_KEYS = ("data.root", "teacher.checkpoint", "teacher.weights", "student.checkpoint", "student.weights")
 # data.kind values whose data is generated from the config: their data.root is only a cache location.
@@ -209,7 +212,7 @@ def result_config(config: Mapping[str, Any]) -> dict[str, Any]:
 
 def canonical_config(config: Mapping[str, Any], identities: Mapping[str, str] | None = None) -> dict[str, Any]:
     """:func:`result_config` with the paths of :data:`PATH_KEYS` replaced by :func:`path_identity`."""
-    flat = result_config(config)
+    flat = {k: v for k, v in result_config(config).items() if not (k in PIPELINE_KEYS and v is None)}
     for key in PATH_KEYS:
         if flat.get(key):
             flat[key] = path_identity(flat[key], identities)

@@ -48,3 +48,14 @@ def test_a_failed_write_leaves_the_old_file(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError):
         atomic_write(path, boom)
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_unused_pipeline_options_leave_the_digest_alone() -> None:
+    """A run that sets no options of a pipeline (data.yolo: null) has the digest it had before that pipeline existed."""
+    from dfd.rundir import PIPELINE_KEYS
+
+    before = {"data": {"kind": "synthetic", "min_size": 128}, "seed": 0}
+    after = {"data": {**before["data"], **{key.split(".")[1]: None for key in PIPELINE_KEYS}}, "seed": 0}
+    assert config_digest(after) == config_digest(before)
+    used = {"data": {**after["data"], "yolo": {"img_size": 160}}, "seed": 0}
+    assert config_digest(used) != config_digest(before)

@@ -148,3 +148,34 @@ def test_teacher_and_student_overrides_reach_every_run(tmp_path: Path) -> None:
     assert "teacher.backbone=resnet50" in cmd and "student.fpn_channels=32" in cmd
     with pytest.raises(UsageError, match="teachers.x="):
         parse(["table=5", f"teachers.x={tmp_path / 'missing.pth'}"])
+
+
+def test_real_data_is_swapped_in_per_row(tmp_path: Path) -> None:
+    """data_root=PATH gives every row its real twin at PATH; the digests are those of `data=coco data.root=PATH`."""
+    from dfd.cli.common import UsageError, data_roots
+    from dfd.engine.sweep import SweepError, real_data_overrides, row_batches
+
+    coco = tmp_path / "coco"
+    coco.mkdir()
+    roots = data_roots(str(coco))
+    assert roots["coco"] == str(coco)
+    spec = load_spec(5)
+    plan = plan_table(spec, runs_root=tmp_path, scale="smoke", seeds=[0], base=["scale=smoke"], compose=_compose, roots=roots)
+    assert all(plan.data[r.id] == ["data=coco", f"data.root={coco}"] for r in spec.rows)
+    old_style = plan_table(spec, runs_root=tmp_path, scale="smoke", seeds=[0], base=["scale=smoke", "data=coco", f"data.root={coco}"],
+                           compose=_compose)
+    assert plan.digests == old_style.digests and plan.digests != plan_table(
+        spec, runs_root=tmp_path, scale="smoke", seeds=[0], base=["scale=smoke"], compose=_compose).digests
+    (teacher,) = plan.teachers.values()
+    assert teacher.overrides.count("data=coco") == 1
+    (teacher_name,) = plan.to_run
+    assert row_batches(plan, teacher_name) == [plan.to_run[teacher_name]]
+    cmd = rows_command(plan, teacher_name, [0], ["scale=smoke"], "basic")
+    assert "data=coco" in cmd and f"data.root={coco}" in cmd
+    with pytest.raises(SweepError, match=r"row 'r' trains on coco data \(data=coco\): give its directory"):
+        real_data_overrides("r", [], {"cityscapes": str(coco)})
+    with pytest.raises(UsageError, match=r"data_root\.lvis: 'lvis' is not a real data kind"):
+        data_roots(f"{{lvis: {coco}}}")
+    with pytest.raises(UsageError, match=r"data_root='.*missing': directory does not exist"):
+        data_roots(str(tmp_path / "missing"))
+    assert data_roots(None) == {} and data_roots(f"{{coco: {coco}}}") == {"coco": str(coco)}

@@ -46,7 +46,7 @@ def _main(argv: list[str]) -> int:
     register_rows([*load_all_specs(), spec])
     plan = plan_table(spec, runs_root=own["runs_root"], scale=own["scale"], seeds=own["seeds"],
                       base=base_overrides(own, forward), compose=lambda ov: compose_config(ov, return_hydra_config=True),
-                      teacher_checkpoints=teachers)
+                      teacher_checkpoints=teachers, roots=own["data_root"])
     table = collect_table(spec, runs_root=own["runs_root"], scale=own["scale"], seeds=own["seeds"], expected=plan.digests)
     runs_dir = Path(own["runs_root"]) / table.scale / spec.name
     if not runs_dir.is_dir():

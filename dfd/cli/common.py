@@ -23,10 +23,11 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from dfd.data import DataError
+from dfd.data import DATASETS, DataError
 from dfd.engine.config import ConfigError
 from dfd.engine.evaluators import primary_metric
 from dfd.engine.runinfo import code_version
+from dfd.engine.sweep import SweepError
 from dfd.errors import ComponentNotImplemented
 from dfd.models import WeightsError, get_family
 from dfd.results import uncommitted_refusal
@@ -40,7 +41,7 @@ class UsageError(ValueError):
     """A program's own argument is wrong; the message names it."""
 
 
-USER_ERRORS = (ConfigError, DataError, WeightsError, ComponentNotImplemented, SpecError, RunDirBusy, UsageError)
+USER_ERRORS = (ConfigError, DataError, WeightsError, ComponentNotImplemented, SpecError, RunDirBusy, UsageError, SweepError)
 
 
 class UserError(CompactHydraException):
@@ -188,16 +189,38 @@ def parse_args(argv: Sequence[str], defaults: dict[str, Any], *, table_paths: bo
     for option, path in teachers.items():
         if not Path(path).is_file():
             raise UsageError(f"{'teacher' if option == '*' else 'teachers.' + option}={path!r}: file does not exist")
-    if own.get("data_root") and not Path(own["data_root"]).is_dir():
-        raise UsageError(f"data_root={own['data_root']!r}: directory does not exist")
+    if "data_root" in own:
+        own["data_root"] = data_roots(own["data_root"])
     return own, teachers, forward
 
 
+COCO_KINDS = ("coco", "coco_keypoints")  # the data kinds read from one COCO 2017 directory
+
+
+def data_roots(value: Any) -> dict[str, str]:
+    """``data_root``: a COCO 2017 directory (for every COCO kind) or ``{kind: directory, ...}``, as a mapping
+    from real data kind to its checked directory; ``{}`` when unset (the synthetic sets)."""
+    if not value:
+        return {}
+    if isinstance(value, str) and value.lstrip().startswith("{"):
+        value = _value("data_root.mapping", value)
+    real = sorted({e.twin for e in DATASETS.values() if e.twin})
+    roots = {kind: value for kind in COCO_KINDS if kind in real} if isinstance(value, str) else value
+    if not isinstance(roots, dict) or not roots:
+        raise UsageError(f"data_root={value!r} is invalid: expected a directory or {{kind: directory}} with kinds among {', '.join(real)}")
+    for kind, path in roots.items():
+        key = "data_root" if isinstance(value, str) else f"data_root.{kind}"
+        if kind not in real:
+            raise UsageError(f"{key}: {kind!r} is not a real data kind; expected one of {', '.join(real)}")
+        if not Path(str(path)).is_dir():
+            raise UsageError(f"{key}={str(path)!r}: directory does not exist")
+    return {kind: str(path) for kind, path in roots.items()}
+
+
 def base_overrides(own: dict[str, Any], forward: Sequence[str], wandb: bool = False) -> list[str]:
-    """The overrides every run of a table gets (teachers included)."""
+    """The overrides every run of a table gets (teachers included); real data is per row (``data_root``:
+    :func:`~dfd.engine.sweep.real_data_overrides`)."""
     base = [f"scale={own['scale']}", f"runs_root={own['runs_root']}"]
-    if own.get("data_root"):
-        base += ["data=coco", f"data.root={own['data_root']}"]
     if wandb:
         base += ["logger=wandb", f"logger.project={own['wandb_project']}"]
     return [*base, *forward]

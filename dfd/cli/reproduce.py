@@ -64,7 +64,7 @@ def _main(argv: list[str]) -> int:
     base = base_overrides(own, forward, wandb=own["wandb"])
     plan = plan_table(
         spec, runs_root=own["runs_root"], scale=own["scale"], seeds=own["seeds"], base=base,
-        compose=lambda ov: compose_config(ov, return_hydra_config=True), teacher_checkpoints=teachers,
+        compose=lambda ov: compose_config(ov, return_hydra_config=True), teacher_checkpoints=teachers, roots=own["data_root"],
     )
     log.info("%s", describe_plan(spec.name, own["scale"], plan))
     status = run_plan(plan, seeds=own["seeds"], base=base, launcher=own["launcher"], dry_run=own["dry_run"])

@@ -12,17 +12,22 @@ A row is finished only when the run in each of its seed directories has the row'
 teacher's checkpoint). A directory holding a run of another config is stale: moved aside
 (``seed<S>.stale-<time>``, never deleted) and rerun. Teachers are checked the same way.
 An interrupted run of the row's config resumes.
+
+Real data: a table names synthetic data (the default ``data=synthetic``, or a row's ``data=synthetic_*``);
+given ``roots`` (real data kind -> directory), each row's data is swapped for its real twin
+(:data:`REAL_DATA`) at that directory, by overrides given to that row's runs and its teacher's.
 """
 from __future__ import annotations
 
 import logging
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, open_dict
 
 from dfd.models import ComponentNotImplemented
@@ -44,7 +49,7 @@ from dfd.rundir import (
     teacher_dir,
 )
 
-from .config import Config, load_config, to_plain
+from .config import CONF_DIR, Config, load_config, to_plain
 from .rows import row_name
 from .runinfo import now
 
@@ -54,6 +59,46 @@ TRAIN_MODULE = "dfd.cli.train"
 LAUNCHERS = ("basic", "submitit_local", "submitit_slurm")
 
 Compose = Callable[[Sequence[str]], DictConfig]  # overrides -> config with its `hydra` node
+
+# The data option (conf/data/<option>.yaml) of each synthetic set's real dataset: what real data swaps a row's for.
+REAL_DATA = {
+    "synthetic": "coco",
+    "synthetic_yolo": "coco_yolo",
+    "synthetic_keypoints": "coco_keypoints",
+    "synthetic_cityscapes": "cityscapes",
+}
+
+
+class SweepError(ValueError):
+    """A table cannot be planned as asked (e.g. real data without the directory one of its rows needs)."""
+
+
+def data_option(row_overrides: Sequence[str]) -> str:
+    """The ``data`` option a row chooses (``synthetic``, the default, when it chooses none)."""
+    chosen = [ov.split("=", 1)[1] for ov in row_overrides if ov.split("=", 1)[0] == "data"]
+    return chosen[-1] if chosen else "synthetic"
+
+
+def option_kind(option: str) -> str:
+    """The ``data.kind`` of the data option ``option`` (its conf/data file)."""
+    path = CONF_DIR / "data" / f"{option}.yaml"
+    if not path.is_file():
+        raise SweepError(f"data={option!r}: there is no {path}")
+    return str(yaml.safe_load(path.read_text(encoding="utf-8")).get("kind"))
+
+
+def real_data_overrides(row_id: str, row_overrides: Sequence[str], roots: Mapping[str, str]) -> list[str]:
+    """The overrides that give a row its real data: ``data=<real option>``, ``data.root=<roots[its kind]>``.
+    None needed (``[]``) when ``roots`` is empty: the row keeps its synthetic data."""
+    if not roots:
+        return []
+    option = data_option(row_overrides)
+    real = REAL_DATA.get(option, option)
+    kind = option_kind(real)
+    if kind not in roots:
+        raise SweepError(f"row {row_id!r} trains on {kind} data (data={real}): give its directory, "
+                         f"data_root={{{kind}: PATH{''.join(f', {k}: ...' for k in roots)}}}")
+    return [f"data={real}", f"data.root={roots[kind]}"]
 
 
 @dataclass
@@ -87,6 +132,7 @@ class TablePlan:
     digests: dict[str, dict[int, str]] = field(default_factory=dict)  # row id -> seed -> the digest its run must have
     stale: dict[str, dict[int, str]] = field(default_factory=dict)  # row id -> seed -> how the run there differs
     identities: dict[str, str] = field(default_factory=dict)  # planned teacher checkpoint (resolved) -> its identity
+    data: dict[str, list[str]] = field(default_factory=dict)  # row id -> the overrides giving it real data ([]: synthetic)
 
 
 def _without_hydra(cfg: DictConfig) -> DictConfig:
@@ -100,9 +146,12 @@ def _composable(overrides: Sequence[str]) -> list[str]:
     return [ov for ov in overrides if not ov.lstrip("+~").startswith(("hydra.", "hydra/"))]
 
 
-def _teacher_overrides(row_overrides: Sequence[str]) -> list[str]:
-    """The overrides of a row that define its teacher's training: teacher.* and data.*."""
-    return [ov for ov in row_overrides if ov.split("=", 1)[0].split(".")[0] in ("teacher", "data")]
+def _teacher_overrides(row_overrides: Sequence[str], data: Sequence[str] = ()) -> list[str]:
+    """The overrides of a row that define its teacher's training: teacher.* and data.* (its ``data=`` choice
+    replaced by ``data``, the real-data overrides, when there are some)."""
+    keys = [ov.split("=", 1)[0] for ov in row_overrides]
+    kept = [ov for ov, key in zip(row_overrides, keys) if key.split(".")[0] in ("teacher", "data") and not (data and key == "data")]
+    return [*data, *kept]
 
 
 def expected_config(cfg: Config, teacher_checkpoint: str | Path | None) -> dict[str, Any]:
@@ -124,11 +173,13 @@ class _Planner:
     base: list[str]
     compose: Compose
     given: dict[str, str]
+    roots: Mapping[str, str] = field(default_factory=dict)
     _teachers: dict[tuple[str, ...], TeacherPlan] = field(default_factory=dict)
 
-    def config(self, name: str, seed: int) -> tuple[Config, Any]:
+    def config(self, row, seed: int) -> tuple[Config, Any]:
         """The row's typed config for ``seed``, and Hydra's group choices."""
-        composed = self.compose([*_composable(self.base), f"+row={name}", f"seed={seed}"])
+        name = row_name(self.plan.table, row.id)
+        composed = self.compose([*_composable(self.base), *self.plan.data[row.id], f"+row={name}", f"seed={seed}"])
         choices = composed.hydra.runtime.choices
         return load_config(_without_hydra(composed), require_teacher=False), choices
 
@@ -137,7 +188,7 @@ class _Planner:
         if option in self.given or "*" in self.given:
             path = self.given.get(option, self.given.get("*"))
             return f"given:{path}", Path(path)
-        overrides = [*self.base, "train=teacher", *_teacher_overrides(row.overrides)]
+        overrides = [*self.base, "train=teacher", *_teacher_overrides(row.overrides, self.plan.data[row.id])]
         key = tuple(overrides)
         if key not in self._teachers:
             digest = config_digest(to_plain(load_config(_without_hydra(self.compose(_composable(overrides))))))
@@ -148,9 +199,10 @@ class _Planner:
         return self._teachers[key].name, self._teachers[key].checkpoint
 
     def row(self, row) -> None:
-        plan, name = self.plan, row_name(self.plan.table, row.id)
+        plan = self.plan
+        plan.data[row.id] = real_data_overrides(row.id, row.overrides, self.roots)
         try:
-            cfg, choices = self.config(name, self.seeds[0])
+            cfg, choices = self.config(row, self.seeds[0])
         except ComponentNotImplemented as err:
             plan.not_implemented[row.id] = str(err)
             return
@@ -158,7 +210,7 @@ class _Planner:
         states = []
         for seed in self.seeds:
             if seed != self.seeds[0]:
-                cfg, _ = self.config(name, seed)
+                cfg, _ = self.config(row, seed)
             expected = expected_config(cfg, checkpoint)
             digest = plan.digests.setdefault(row.id, {})[seed] = config_digest(expected, plan.identities)
             path = seed_dir(self.runs_root, self.scale, plan.table, row.id, seed)
@@ -175,17 +227,18 @@ class _Planner:
 
 def plan_table(
     spec, *, runs_root: str | Path, scale: str, seeds: Sequence[int], base: Sequence[str], compose: Compose,
-    teacher_checkpoints: dict[str, str] | None = None,
+    teacher_checkpoints: dict[str, str] | None = None, roots: Mapping[str, str] | None = None,
 ) -> TablePlan:
     """Decide, for every row of ``spec``, whether it is finished, not implemented, or to run (and with which
     teacher), and the config digest each of its runs must have (``plan.digests``, for the collector too).
     Reads run directories only; :func:`run_plan` writes.
 
     ``teacher_checkpoints`` maps a teacher option (or ``"*"`` for every teacher) to a
-    checkpoint to use instead of training one.
+    checkpoint to use instead of training one. ``roots`` (real data kind -> directory) swaps each row's
+    synthetic data for its real twin (:func:`real_data_overrides`); None or empty: the synthetic sets.
     """
     plan = TablePlan(spec.number, table_dir(runs_root, scale, spec.number))
-    planner = _Planner(plan, runs_root, scale, list(seeds), list(base), compose, dict(teacher_checkpoints or {}))
+    planner = _Planner(plan, runs_root, scale, list(seeds), list(base), compose, dict(teacher_checkpoints or {}), dict(roots or {}))
     for row in spec.rows:
         planner.row(row)
     return plan
@@ -228,10 +281,23 @@ def teacher_command(teacher: TeacherPlan, launcher: str, python: str = sys.execu
             f"hydra.sweep.dir={teacher.run_dir.parent}", f"hydra.sweep.subdir={teacher.run_dir.name}", *teacher.overrides]
 
 
+def row_batches(plan: TablePlan, teacher: str | None) -> list[list[str]]:
+    """The rows sharing ``teacher``, split by the data they train on (one multirun each)."""
+    batches: dict[tuple[str, ...], list[str]] = {}
+    for row in plan.to_run[teacher]:
+        batches.setdefault(tuple(plan.data.get(row, [])), []).append(row)
+    return list(batches.values())
+
+
 def rows_command(plan: TablePlan, teacher: str | None, seeds: Sequence[int], base: Sequence[str], launcher: str,
-                 python: str = sys.executable) -> list[str]:
-    """One Hydra multirun over the rows sharing ``teacher`` and over the seeds."""
-    rows = ",".join(row_name(plan.table, r) for r in plan.to_run[teacher])
+                 python: str = sys.executable, rows: Sequence[str] | None = None) -> list[str]:
+    """One Hydra multirun over ``rows`` (default: every row sharing ``teacher``; they must share their data) and the seeds."""
+    rows = list(plan.to_run[teacher] if rows is None else rows)
+    data = plan.data.get(rows[0], [])
+    if any(plan.data.get(r, []) != data for r in rows):
+        raise SweepError(f"rows {rows} train on different data; launch them apart (row_batches)")
+    base = [*base, *data]
+    rows = ",".join(row_name(plan.table, r) for r in rows)
     subdir = ROW_SEED.format(row="${experiment.row}", seed="${seed}")
     cmd = [python, "-m", TRAIN_MODULE, "-m", *_launcher_overrides(launcher), f"hydra.sweep.dir={plan.table_dir}",
            f"hydra.sweep.subdir={subdir}", *base, f"+row={rows}", f"seed={','.join(map(str, seeds))}"]
@@ -274,7 +340,8 @@ def run_plan(plan: TablePlan, *, seeds: Sequence[int], base: Sequence[str], laun
             continue
         if not dry_run:
             set_aside_stale(plan, rows)
-        status = max(status, _run(rows_command(plan, teacher, seeds, base, launcher), dry_run))
+        for batch in row_batches(plan, teacher):
+            status = max(status, _run(rows_command(plan, teacher, seeds, base, launcher, rows=batch), dry_run))
     return status
 
 
