@@ -1,11 +1,14 @@
 #!/usr/bin/env python
 """The whole path in minutes on a CPU: synthetic COCO data, a teacher, two students, one table.
 
-    python scripts/demo.py [runs_root=runs] [extra Hydra overrides ...]
+    python scripts/demo.py [runs_root=runs] [seeds=[0,1,2]] [extra Hydra overrides ...]
 
-Trains (or, if already finished, reuses) in ``<runs_root>/smoke/demo/``: the teacher,
-the student without distillation, and the student distilled with DFD; all three are
-evaluated with pycocotools, and the table is printed and written to ``table.md`` there.
+Trains (or, if already finished, reuses) in ``<runs_root>/smoke/demo/``: the teacher (seed 0),
+and for every seed the student without distillation and the student distilled with DFD
+(``student/`` and ``dfd/`` for seed 0, ``student_seed<S>/`` and ``dfd_seed<S>/`` for the others);
+all are evaluated with pycocotools, and the table (mean ± std over the seeds, and n) is printed
+and written to ``table.md`` there, with the DFD student's difference to the undistilled one
+marked as within or beyond the seeds' spread (the rule of ``dfd.results.tables.compare``).
 """
 from __future__ import annotations
 
@@ -17,53 +20,75 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import yaml  # noqa: E402
+
 from dfd.engine.config import compose_config  # noqa: E402
 from dfd.engine.train import run_training  # noqa: E402
+from dfd.results.tables import Cell, compare  # noqa: E402
 from dfd.rundir import CHECKPOINT  # noqa: E402
 
 COLUMNS = ("bbox/AP", "bbox/AP50", "bbox/APs", "bbox/APm", "bbox/APl")
 
 
-def _cell(value: float | None) -> str:
-    return "—" if value is None else f"{value:.1f}"
+def _cell(cell: Cell) -> str:
+    if cell.mean is None:
+        return "—"
+    return f"{cell.mean:.1f}" if cell.std is None else f"{cell.mean:.1f} ± {cell.std:.1f}"
 
 
-def markdown(rows: list[tuple[str, dict]]) -> str:
-    head = "| method | " + " | ".join(c.split("/")[1] for c in COLUMNS) + " |"
-    rule = "|---|" + "---:|" * len(COLUMNS)
-    body = ["| " + name + " | " + " | ".join(_cell(m.get(c)) for c in COLUMNS) + " |" for name, m in rows]
-    return "\n".join([head, rule, *body])
+def markdown(rows: list[tuple[str, list[dict]]]) -> str:
+    """One line per method: each metric's mean ± std over its runs, n, and (last row) DFD against no distillation."""
+    head = "| method | n | " + " | ".join(c.split("/")[1] for c in COLUMNS) + " |"
+    rule = "|---|---:|" + "---:|" * len(COLUMNS)
+    cells = [[Cell(None, [m[c] for m in metrics if m.get(c) is not None]) for c in COLUMNS] for _, metrics in rows]
+    body = ["| " + name + f" | {len(metrics)} | " + " | ".join(map(_cell, row)) + " |" for (name, metrics), row in zip(rows, cells)]
+    verdict = compare(cells[-1][0], cells[-2][0])
+    note = ("AP of DFD against no distillation: "
+            + ("one seed, no spread to judge it by" if verdict.spread is None else
+               f"{verdict.delta:+.1f} with a spread of {verdict.spread:.1f}: {verdict.verdict} the seeds' spread"))
+    return "\n".join([head, rule, *body, "", note])
+
+
+def _parse(argv: list[str]) -> tuple[str, list[int], list[str]]:
+    runs_root, seeds, extra = "runs", [0, 1, 2], []
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key == "runs_root":
+            runs_root = value
+        elif key == "seeds":
+            seeds = yaml.safe_load(value)
+            seeds = seeds if isinstance(seeds, list) else [seeds]
+            if not seeds or not all(isinstance(x, int) for x in seeds) or len(set(seeds)) != len(seeds):
+                raise SystemExit(f"demo.py: seeds={value!r} is invalid: expected distinct integers, e.g. seeds=[0,1,2]")
+        else:
+            extra.append(arg)
+    return runs_root, seeds, extra
 
 
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s", datefmt="%H:%M:%S")
-    runs_root = "runs"
-    extra = []
-    for arg in argv:
-        if arg.startswith("runs_root="):
-            runs_root = arg.split("=", 1)[1]
-        else:
-            extra.append(arg)
+    runs_root, seeds, extra = _parse(argv)
     base = Path(runs_root) / "smoke" / "demo"
     t0 = time.perf_counter()
 
-    def run(name: str, overrides: list[str]) -> dict:
-        cfg = compose_config(["scale=smoke", f"runs_root={runs_root}", *overrides, *extra])
-        logging.info("=== %s (%s) ===", name, " ".join(overrides))
-        return run_training(cfg, base / name)
+    def run(name: str, overrides: list[str], seed: int = 0) -> dict:
+        cfg = compose_config(["scale=smoke", f"runs_root={runs_root}", f"seed={seed}", *overrides, *extra])
+        where = name if seed == 0 else f"{name}_seed{seed}"
+        logging.info("=== %s (%s) ===", where, " ".join([*overrides, f"seed={seed}"]))
+        return run_training(cfg, base / where)
 
     teacher = run("teacher", ["train=teacher"])
-    student = run("student", ["distill=none"])
-    dfd = run("dfd", ["distill=dfd", f"teacher.checkpoint={base / 'teacher' / CHECKPOINT}"])
+    students = [run("student", ["distill=none"], seed) for seed in seeds]
+    dfds = [run("dfd", ["distill=dfd", f"teacher.checkpoint={base / 'teacher' / CHECKPOINT}"], seed) for seed in seeds]
     rows = [
-        (f"teacher ({teacher['experiment']['teacher']})", teacher["metrics"]),
-        (f"student ({student['experiment']['student']}), no distillation", student["metrics"]),
-        (f"student ({dfd['experiment']['student']}) + DFD", dfd["metrics"]),
+        (f"teacher ({teacher['experiment']['teacher']}), seed 0", [teacher["metrics"]]),
+        (f"student ({students[0]['experiment']['student']}), no distillation", [r["metrics"] for r in students]),
+        (f"student ({dfds[0]['experiment']['student']}) + DFD", [r["metrics"] for r in dfds]),
     ]
     table = markdown(rows)
     (base / "table.md").write_text(
-        "Smoke scale: small models trained from scratch on the synthetic COCO set; not comparable with the paper.\n\n"
-        + table + "\n"
+        "Smoke scale: small models trained from scratch on the synthetic COCO set; not comparable with the paper. "
+        f"Students: mean ± std over seeds {', '.join(map(str, seeds))}.\n\n" + table + "\n"
     )
     print(f"\nDemo finished in {time.perf_counter() - t0:.0f} s; runs in {base}/\n")
     print(table)

@@ -27,3 +27,25 @@ def test_calibrate_weights_reports_each_term(teacher_checkpoint: Path, data_cach
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "DFD_CACHE": str(data_cache)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "region.alpha=" in proc.stdout and "region.beta=" in proc.stdout and "distill.mgd.alpha=" in proc.stdout
+
+
+def test_demo_table_reports_seeds_and_judges_the_gain_by_their_spread() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("demo_script", REPO / "scripts" / "demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    assert demo._parse(["seeds=[3,4]", "runs_root=/x", "data.min_size=96"]) == ("/x", [3, 4], ["data.min_size=96"])
+    with pytest.raises(SystemExit, match=r"seeds='\[1,1\]' is invalid"):
+        demo._parse(["seeds=[1,1]"])
+
+    def metrics(ap: float) -> dict:
+        return {"bbox/AP": ap, "bbox/AP50": 2 * ap, "bbox/APs": None, "bbox/APm": ap, "bbox/APl": ap}
+
+    table = demo.markdown([("teacher", [metrics(20.0)]), ("student", [metrics(5.0), metrics(7.0), metrics(6.0)]),
+                           ("dfd", [metrics(9.0), metrics(10.0), metrics(11.0)])])
+    assert "| student | 3 | 6.0 ± 1.0 | 12.0 ± 2.0 | — |" in table and "| teacher | 1 | 20.0 | 40.0 |" in table
+    assert "+4.0 with a spread of 1.4: beyond the seeds' spread" in table
+    close = demo.markdown([("t", [metrics(1.0)]), ("s", [metrics(5.0), metrics(7.0)]), ("d", [metrics(6.5), metrics(7.5)])])
+    assert "within the seeds' spread" in close
+    assert "one seed, no spread" in demo.markdown([("t", [metrics(1.0)]), ("s", [metrics(5.0)]), ("d", [metrics(6.0)])])
