@@ -211,3 +211,10 @@ def test_the_learning_rate_follows_the_total_batch() -> None:
     assert effective_lr(ScheduleConfig(), batch_size=2, world_size=8) == (0.01, 16)  # the public configs' setting
     assert effective_lr(ScheduleConfig(), batch_size=2, world_size=1) == (0.01 / 8, 2)
     assert effective_lr(ScheduleConfig(lr=0.02, base_batch=None), batch_size=2, world_size=1) == (0.02, 2)
+
+
+def test_distill_ratios_are_each_term_over_the_task_loss() -> None:
+    values = {"loss/classification": 1.5, "loss/bbox_regression": 0.5, "loss/total": 6.0,
+              "distill/dfd/p3": 3.0, "distill/dfd/p4": 1.0, "lr/group0": 0.01}
+    assert train_mod.distill_ratios(values) == {"ratio/dfd/p3": 1.5, "ratio/dfd/p4": 0.5}
+    assert train_mod.distill_ratios({"loss/total": 0.0, "distill/dfd/p3": 1.0}) == {}

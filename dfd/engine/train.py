@@ -238,6 +238,18 @@ def epoch_loader(run: Run, epoch: int, offset: int) -> DataLoader:
                       pin_memory=run.device.type == "cuda")
 
 
+def announce_epoch(run: Run, epoch: int) -> None:
+    """Call ``set_epoch(epoch, epochs)`` on the train set and the trained model where they define it (e.g. augmentations
+    that stop for the last epochs, a target assignment that changes after the first ones). ``epochs`` counts the
+    run's epochs, ceil(total iterations / iterations per epoch); ``epoch`` comes from the iteration, so a resumed
+    run announces the epoch it resumes in."""
+    epochs = -(-run.total // run.iters_per_epoch)
+    for obj in (run.train_set, run.distiller.student):
+        hook = getattr(obj, "set_epoch", None)
+        if callable(hook):
+            hook(epoch, epochs)
+
+
 def step(run: Run, train_model: nn.Module, images, targets, iteration: int) -> dict[str, torch.Tensor]:
     """One optimisation step; returns the loss terms (with ``loss/total``)."""
     batch = run.distiller.prepare(images, targets, run.device)
@@ -299,8 +311,19 @@ class FeatureDistance:
             handle.remove()
 
 
+def distill_ratios(values: dict[str, float]) -> dict[str, float]:
+    """Each distillation term against the task loss, ``ratio/<term> = L_term / Σ_task L``: the number that says
+    at once when a distillation weight is off for a model or data set (the paper's settings start near 1,
+    docs/choices.md). Task terms are the ``loss/*`` values other than ``loss/total``."""
+    task = sum(v for k, v in values.items() if k.startswith("loss/") and k != "loss/total")
+    if task <= 0:
+        return {}
+    return {f"ratio/{k.removeprefix('distill/')}": v / task for k, v in values.items() if k.startswith("distill/")}
+
+
 def _log_values(terms: dict[str, torch.Tensor], run: Run, epoch: int) -> dict[str, float]:
     values = {(k if k.startswith("distill/") else f"loss/{k}"): v.item() for k, v in terms.items()}
+    values.update(distill_ratios(values))
     values.update({f"lr/{k}": v for k, v in current_lrs(run.optimizer).items()}, epoch=epoch)
     return values
 
@@ -325,6 +348,7 @@ def train(run: Run, logger: RunLogger) -> dict[str, float]:
     try:
         while it < run.total:
             epoch, offset = divmod(it, run.iters_per_epoch)
+            announce_epoch(run, epoch)
             for images, targets in epoch_loader(run, epoch, offset):
                 if it >= run.total:
                     break
