@@ -52,7 +52,7 @@ TEMP_GLOB = ".*.tmp"  # what atomic_write leaves behind when the process is kill
 STALE_NAME = "{name}.stale-{stamp}"  # a run directory with another config, moved aside by the sweep
 REPLACED_PREFIX = "replaced-"  # trainer.overwrite=true: the replaced run's files, kept in <run dir>/replaced-<time>/
 
-SCALES = ("smoke", "full")
+SCALES = ("smoke", "bench", "full")
 TEACHERS_DIR = "teachers"
 # Where collected tables and figures go, relative to a checkout: results, not code, so changes there
 # do not make the code "dirty" (dfd.engine.runinfo.code_version; dfd.results.formats.results_dir).

@@ -127,3 +127,12 @@ def test_every_table_row_composes(spec, ckpt_file: Path, tmp_path: Path) -> None
             key, value = ov.split("=", 1)
             if "." in key:
                 assert OmegaConf.select(cfg, key) == OverridesParser.create().parse_override(ov).value(), (row.id, ov)
+
+
+def test_bench_scale_keeps_the_papers_widths_at_gpu_sizes() -> None:
+    """scale=bench: Table 5's RetinaNet widths (256-channel FPN), ResNet-101 -> ResNet-50 from scratch, 384-640 px."""
+    cfg = load_config(compose_config(["scale=bench", "distill=none"]))
+    assert cfg.scale.name == "bench" and (cfg.data.min_size, cfg.data.max_size, cfg.data.batch_size) == (384, 640, 16)
+    assert (cfg.student.backbone, cfg.student.fpn_channels, cfg.student.backbone_weights) == ("resnet50", 256, None)
+    assert (cfg.teacher.backbone, cfg.teacher.fpn_channels) == ("resnet101", 256)
+    assert cfg.data.synthetic.num_train == 2048 and cfg.schedule.teacher_epochs == 2 * cfg.schedule.epochs
