@@ -18,7 +18,7 @@ COLLECT := $(addprefix collect-table-,$(TABLES))
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
-	@echo "  reproduce-table-N      Train and collect Table N (1-7): SCALE=smoke|full DATA_ROOT= TEACHER= SEEDS=0,1,2"
+	@echo "  reproduce-table-N      Train and collect Table N (1-7): SCALE=smoke|bench|full DATA_ROOT= TEACHER= SEEDS=0,1,2"
 	@echo "  collect-table-N        Collect Table N from finished runs, never trains (same variables; ARGS=force=true)"
 
 $(STAMP): pyproject.toml

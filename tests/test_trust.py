@@ -246,7 +246,7 @@ def test_7_user_errors_are_one_message_without_traceback(tmp_path: Path, data_ca
         (["table=9"], "table=9: there is no such table; the tables are 1, 2, 3, 4, 5, 6, 7"),
         (["table=5", "seeds=[a,b]"], "seeds=[a,b] is invalid: expected distinct integers"),
         (["table=5", "seeds=[0,0]"], "seeds=[0,0] is invalid"),
-        (["table=5", "scale=medium"], "scale='medium' is invalid: expected one of smoke, full"),
+        (["table=5", "scale=medium"], "scale='medium' is invalid: expected one of smoke, bench, full"),
         (["table=5", "dry_run=maybe"], "dry_run='maybe' is invalid: expected true or false"),
         (["table=5", "dry_run=true", "region.hd=tff"], "region.hd='tff' is invalid"),
         (["table=5", "dry_run=true", "region.hdd=tf"], "region.hdd"),

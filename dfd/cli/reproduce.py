@@ -4,8 +4,8 @@
     python scripts/reproduce.py table=5 scale=full data_root=/data/coco teacher=/ckpt/rx101.pth seeds=[0,1,2]
     python scripts/reproduce.py table=1 scale=full launcher=submitit_slurm hydra.launcher.partition=gpu ...
 
-Own keys: table (1-7), scale (smoke|full), seeds (list), runs_root (runs), data_root (a COCO
-layout; default: the synthetic set), teacher (a checkpoint for every teacher of the table, or
+Own keys: table (1-7), scale (smoke|bench|full), seeds (list), runs_root (runs), data_root (a COCO
+directory or {kind: directory} for each real data kind the table's rows need; default: the synthetic sets), teacher (a checkpoint for every teacher of the table, or
 teachers.<option>=PATH for the teacher option <option> of conf/teacher/ only), launcher (basic|submitit_local|submitit_slurm), wandb (true:
 log runs and the table to W&B), wandb_project, out_dir (experiments/results), force (write the table over
 the results even when a row is missing, stale or failed), allow_dirty (write into experiments/results/ from
