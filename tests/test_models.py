@@ -126,8 +126,8 @@ def test_p6_from_p5_option_and_frozen_stages() -> None:
 
 
 def test_unknown_family_is_not_implemented() -> None:
-    with pytest.raises(ComponentNotImplemented, match="student.family='yolov6' is not implemented"):
-        get_family("yolov6", "student")
+    with pytest.raises(ComponentNotImplemented, match="student.family='detr' is not implemented"):
+        get_family("detr", "student")
 
 
 def test_a_family_declares_itself_consistently() -> None:

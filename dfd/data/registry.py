@@ -25,6 +25,7 @@ from dfd.errors import ComponentNotImplemented
 from .coco import CocoDetection, DataError
 from .synthetic import _params, ensure_synthetic_coco
 from .transforms import ROUNDINGS, build_transforms
+from .yolo import yolo_datasets
 
 Builder = Callable[..., tuple[Any, Any]]
 
@@ -117,11 +118,18 @@ def _detection_options(options: Mapping[str, Any], needs: DataNeeds) -> dict[str
     return {k: options[k] for k in DETECTION_OPTIONS if k in options} | {"with_masks": "masks" in needs.target_keys}
 
 
+def _pair(root: str | Path, needs: DataNeeds, options: Mapping[str, Any]):
+    """The (train, val) pair of a COCO-layout root for the family's pipeline: ``detection`` or ``yolo`` (``data.yolo``)."""
+    if needs.pipeline == "yolo":
+        return yolo_datasets(root, **options)
+    return _coco_pair(root, **_detection_options(options, needs))
+
+
 def _build_coco(root: str | Path | None, needs: DataNeeds, **options: Any):
     """Real COCO 2017 at ``data.root``."""
     if root is None or str(root) == "":
         raise DataError("data.root: not set; give the directory of the coco dataset (data.root=PATH)")
-    return _coco_pair(root, **_detection_options(options, needs))
+    return _pair(root, needs, options)
 
 
 def _build_synthetic(root: str | Path | None, needs: DataNeeds, **options: Any):
@@ -129,7 +137,7 @@ def _build_synthetic(root: str | Path | None, needs: DataNeeds, **options: Any):
     params = _synthetic_params(options.get("synthetic"))
     if root is None or str(root) == "":
         root = synthetic_cache_root(params)
-    return _coco_pair(ensure_synthetic_coco(root, **params), **_detection_options(options, needs))
+    return _pair(ensure_synthetic_coco(root, **params), needs, options)
 
 
 DATASETS: dict[str, DatasetEntry] = {
@@ -140,9 +148,11 @@ DATASETS: dict[str, DatasetEntry] = {
             "shapes in the COCO 2017 layout, generated on first use (no download)",
             needs_root=False,
             builder=_build_synthetic,
+            pipelines=("detection", "yolo"),
             twin="coco",
         ),
-        DatasetEntry("coco", "COCO 2017 detection / instance segmentation at data.root", builder=_build_coco),
+        DatasetEntry("coco", "COCO 2017 detection / instance segmentation at data.root", builder=_build_coco,
+                     pipelines=("detection", "yolo")),
         DatasetEntry(
             "coco_keypoints",
             "COCO 2017 person keypoints (Table 7, pose estimation)",

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from dfd.data import DATASETS, ROUNDINGS, DataError, DataNeeds, check_pipeline
+from dfd.data.yolo import YoloDataOptions
 from dfd.distill import (
     CONSTRAINTS,
     METHODS,
@@ -92,6 +93,10 @@ class DataConfig:
     group_by_aspect: bool = True  # batches of one aspect-ratio group (mmdetection's GroupSampler)
     verify_images: bool = False  # decode every image file before training starts (a corrupt one is named)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    # The options of one pipeline, set by the data options that serve it (conf/data/*_yolo.yaml, ...): null
+    # elsewhere, and then left out of the config digest (dfd/rundir.py PIPELINE_KEYS); null for a run of that
+    # pipeline means the defaults of its dataclass.
+    yolo: Optional[YoloDataOptions] = None  # the yolo pipeline (YOLOv6): letterbox, mosaic, ...
 
 
 @dataclass

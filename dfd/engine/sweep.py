@@ -147,10 +147,12 @@ def _composable(overrides: Sequence[str]) -> list[str]:
 
 
 def _teacher_overrides(row_overrides: Sequence[str], data: Sequence[str] = ()) -> list[str]:
-    """The overrides of a row that define its teacher's training: teacher.* and data.* (its ``data=`` choice
-    replaced by ``data``, the real-data overrides, when there are some)."""
+    """The overrides of a row that define its teacher's training: teacher.*, data.* (its ``data=`` choice replaced
+    by ``data``, the real-data overrides, when there are some) and the schedule option (``schedule=swin_1x``, whose
+    recipe, e.g. its ``teacher_epochs``, trains the teacher too); the row's own ``schedule.*`` values are the student's."""
     keys = [ov.split("=", 1)[0] for ov in row_overrides]
-    kept = [ov for ov, key in zip(row_overrides, keys) if key.split(".")[0] in ("teacher", "data") and not (data and key == "data")]
+    kept = [ov for ov, key in zip(row_overrides, keys)
+            if (key.split(".")[0] in ("teacher", "data") or key == "schedule") and not (data and key == "data")]
     return [*data, *kept]
 
 
