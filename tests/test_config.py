@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import CONF, compose_config
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException
@@ -28,9 +29,41 @@ def ckpt_file(tmp_path: Path) -> Path:
     return p
 
 
+# A student of each pipeline that the default (RetinaNet, detection) does not train on.
+PIPELINE_STUDENTS = {"topdown": "simplebaseline_mobilenetv2", "segmentation": "pspnet_r18"}
+
+
+def _data_extra(option: str, tmp_path: Path) -> list[str]:
+    """What a data option needs to load: a directory for a real kind, a student of the pipeline it serves."""
+    from dfd.data import DATASETS
+
+    entry = DATASETS.get(yaml.safe_load((CONF / "data" / f"{option}.yaml").read_text())["kind"])
+    if entry is None:
+        return []
+    extra = [f"data.root={tmp_path}"] if entry.needs_root else []
+    if "detection" not in entry.pipelines:
+        extra += [f"student={PIPELINE_STUDENTS[entry.pipelines[0]]}", "distill=none"]
+    return extra
+
+
+PIPELINE_DATA = {"topdown": "synthetic_keypoints", "segmentation": "synthetic_cityscapes"}
+
+
+def _model_extra(group: str, option: str) -> list[str]:
+    """A teacher or student of a family that does not train on detection data gets data of its pipeline."""
+    from dfd.models import FAMILIES
+
+    if group not in ("teacher", "student"):
+        return []
+    family = FAMILIES.get(compose_config([f"{group}={option}"])[group].family)
+    if family is None or family.pipeline not in PIPELINE_DATA:
+        return []
+    return [f"data={PIPELINE_DATA[family.pipeline]}", "distill=none"]
+
+
 @pytest.mark.parametrize("group, option", OPTIONS)
 def test_every_group_option_composes(group: str, option: str, ckpt_file: Path, tmp_path: Path) -> None:
-    extra = [f"data.root={tmp_path}"] if (group, option) == ("data", "coco") else []
+    extra = _data_extra(option, tmp_path) if group == "data" else _model_extra(group, option)
     overrides = [f"{group}={option}", f"teacher.checkpoint={ckpt_file}", *extra]
     if group == "train" and option == "teacher" or group == "teacher":
         overrides.append("train=teacher")

@@ -146,6 +146,16 @@ def test_prepare_batch_normalises_then_pads_with_zero() -> None:
     assert spec.serves(dataclasses.replace(spec, size_divisible=8)) and not spec.serves(dataclasses.replace(spec, size_divisible=64))
 
 
+def test_probing_the_widths_changes_neither_model() -> None:
+    """The blank probe image runs both models in eval mode: no BatchNorm statistic moves, the modes come back."""
+    torch.manual_seed(0)
+    student, teacher = _retinanet("resnet18").train(), _retinanet("resnet34", fpn_channels=24).train()
+    before = [{k: v.clone() for k, v in m.state_dict().items()} for m in (student, teacher)]
+    assert probe_channels(student, teacher, LEVELS, "cpu")["p3"] == (SMALL["fpn_channels"], 24)
+    for model, state in zip((student, teacher), before):
+        assert model.training and all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
 def test_distiller_gradients_reach_student_and_modules_never_teacher() -> None:
     torch.manual_seed(0)
     student = _retinanet("resnet18")

@@ -65,11 +65,13 @@ class Distiller(nn.Module):
 def probe_channels(student: nn.Module, teacher: nn.Module, levels: Sequence[str], device: torch.device, size: int = 64) -> dict[str, tuple[int, int]]:
     """Each level's width in the student and the teacher, read from one small blank input."""
     batch = student.prepare([torch.zeros(3, size, size)], [{}], device)
-    was_training = student.training
+    modes = [(model, model.training) for model in (student, teacher)]
     student.eval()
+    teacher.eval()  # in training mode, a blank image would move the BatchNorm statistics of a teacher not frozen yet
     try:
         fs = student.distill_maps(batch, levels)
+        ft = teacher.distill_maps(batch, levels)
     finally:
-        student.train(was_training)
-    ft = teacher.distill_maps(batch, levels)
+        for model, mode in modes:
+            model.train(mode)
     return {lvl: (int(fs[lvl].shape[1]), int(ft[lvl].shape[1])) for lvl in levels}
