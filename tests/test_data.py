@@ -20,6 +20,7 @@ from dfd.data import (
     CocoDetection,
     DataError,
     DataNeeds,
+    DatasetEntry,
     ScaleToFit,
     build_datasets,
     build_transforms,
@@ -498,7 +499,7 @@ def test_build_datasets(synth_root: Path, handmade: Path) -> None:
 
 
 def test_build_datasets_errors(synth_root: Path, handmade: Path) -> None:
-    with pytest.raises(DataError, match=r"data\.kind.*'lvis'.*synthetic, coco, coco_keypoints, cityscapes"):
+    with pytest.raises(DataError, match=r"data\.kind.*'lvis'.*synthetic, coco, cityscapes, synthetic_cityscapes, coco_keypoints"):
         build_datasets("lvis", handmade, min_size=60, max_size=100)
     with pytest.raises(DataError, match=r"data\.root: not set"):
         build_datasets("coco", None, min_size=60, max_size=100)
@@ -508,15 +509,22 @@ def test_build_datasets_errors(synth_root: Path, handmade: Path) -> None:
         build_datasets("coco", handmade, min_size=60, max_size=100, rounding="ceil")
     with pytest.raises(DataError, match=r"data\.kind='coco' serves the detection.*the pose family trains on the 'topdown'"):
         build_datasets("coco", handmade, needs=DataNeeds(pipeline="topdown"), family="the pose family")
-    for kind in ("coco_keypoints", "cityscapes"):
-        with pytest.raises(ComponentNotImplemented, match=rf"data\.kind='{kind}' is not implemented yet: \w+"):
-            build_datasets(kind, handmade, min_size=60, max_size=100, needs=DataNeeds(pipeline=DATASETS[kind].pipelines[0]))
+    with pytest.raises(ComponentNotImplemented, match=r"data\.kind='stub' is not implemented yet: no loader"):
+        DATASETS["stub"] = DatasetEntry("stub", "a kind declared before its loader", implemented=False, reason="no loader")
+        try:
+            build_datasets("stub", handmade)
+        finally:
+            del DATASETS["stub"]
 
 
 def test_registry_entries() -> None:
-    assert data_kinds() == list(DATASETS) == ["synthetic", "coco", "coco_keypoints", "cityscapes"]
-    assert data_kinds(implemented_only=True) == ["synthetic", "coco"]
+    kinds = ["synthetic", "coco", "cityscapes", "synthetic_cityscapes", "coco_keypoints", "synthetic_keypoints"]
+    assert data_kinds() == list(DATASETS) == data_kinds(implemented_only=True) == kinds
     assert not DATASETS["synthetic"].needs_root and DATASETS["coco"].needs_root
+    # every synthetic kind names a real twin of the same pipelines, which reads data.root
+    twins = {name: entry.twin for name, entry in DATASETS.items() if entry.twin}
+    assert twins == {"synthetic": "coco", "synthetic_cityscapes": "cityscapes", "synthetic_keypoints": "coco_keypoints"}
+    assert all(DATASETS[t].needs_root and DATASETS[t].pipelines == DATASETS[s].pipelines for s, t in twins.items())
     for name, entry in DATASETS.items():
         assert entry.name == name and entry.summary
         assert entry.implemented == (entry.builder is not None) and entry.implemented == (not entry.reason)

@@ -179,3 +179,14 @@ def test_real_data_is_swapped_in_per_row(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match=r"data_root='.*missing': directory does not exist"):
         data_roots(str(tmp_path / "missing"))
     assert data_roots(None) == {} and data_roots(f"{{coco: {coco}}}") == {"coco": str(coco)}
+
+
+def test_each_synthetic_data_option_has_its_real_twin() -> None:
+    """REAL_DATA swaps a synthetic data option for the option of its kind's real twin (the registry's)."""
+    from dfd.data import DATASETS
+    from dfd.engine.sweep import REAL_DATA, option_kind
+
+    for synthetic, real in REAL_DATA.items():
+        assert DATASETS[option_kind(synthetic)].twin == option_kind(real), (synthetic, real)
+    used = {ov.split("=", 1)[1] for n in range(1, 8) for r in load_spec(n).rows for ov in r.overrides if ov.startswith("data=")}
+    assert used <= set(REAL_DATA), used - set(REAL_DATA)  # every table names synthetic data, which DATA_ROOT can swap

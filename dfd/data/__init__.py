@@ -42,3 +42,6 @@ __all__ = [
     "register_dataset",
     "synthetic_cache_root",
 ]
+
+# each registers its data kinds: cityscapes, synthetic_cityscapes, coco_keypoints, synthetic_keypoints
+from . import cityscapes, keypoints, synthetic_keypoints  # noqa: E402,F401

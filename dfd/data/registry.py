@@ -153,28 +153,13 @@ DATASETS: dict[str, DatasetEntry] = {
         ),
         DatasetEntry("coco", "COCO 2017 detection / instance segmentation at data.root", builder=_build_coco,
                      pipelines=("detection", "yolo")),
-        DatasetEntry(
-            "coco_keypoints",
-            "COCO 2017 person keypoints (Table 7, pose estimation)",
-            implemented=False,
-            reason="no keypoint dataset, top-down person crops (256x192) or heatmap targets yet",
-            pipelines=("topdown",),
-        ),
-        DatasetEntry(
-            "cityscapes",
-            "Cityscapes semantic segmentation (Table 7, PSPNet)",
-            implemented=False,
-            reason="no Cityscapes loader, 512x512 crops or label-map targets yet",
-            pipelines=("segmentation",),
-        ),
     )
 }
 
 
 def register_dataset(entry: DatasetEntry) -> DatasetEntry:
-    """Add a ``data.kind`` (a data module calls it once at import); it may replace a not-implemented placeholder."""
-    old = DATASETS.get(entry.name)
-    if old is not None and old.implemented:
+    """Add a ``data.kind`` (a data module calls it once at import: ``dfd/data/cityscapes.py``, ...)."""
+    if entry.name in DATASETS:
         raise ValueError(f"data.kind {entry.name!r} is registered twice")
     DATASETS[entry.name] = entry
     return entry

@@ -21,6 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from dfd.data import DATASETS, ROUNDINGS, DataError, DataNeeds, check_pipeline
+from dfd.data.cityscapes import SegmentationDataOptions
+from dfd.data.keypoints import KeypointsDataOptions
 from dfd.data.yolo import YoloDataOptions
 from dfd.distill import (
     CONSTRAINTS,
@@ -97,6 +99,8 @@ class DataConfig:
     # elsewhere, and then left out of the config digest (dfd/rundir.py PIPELINE_KEYS); null for a run of that
     # pipeline means the defaults of its dataclass.
     yolo: Optional[YoloDataOptions] = None  # the yolo pipeline (YOLOv6): letterbox, mosaic, ...
+    keypoints: Optional[KeypointsDataOptions] = None  # the topdown pipeline (pose): crops, heatmaps, ...
+    segmentation: Optional[SegmentationDataOptions] = None  # the segmentation pipeline (PSPNet): crops, resizing, ...
 
 
 @dataclass

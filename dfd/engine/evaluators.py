@@ -17,11 +17,11 @@ Conventions of the inputs of ``Evaluator.update(outputs, targets)`` (one entry p
   size. Each mask is resized bilinearly to (H, W), thresholded at > 0.5 and RLE-encoded with
   pycocotools (``counts`` decoded to str). The records carry no ``bbox``, so pycocotools takes the
   detection's area from the mask (as detectron2 does), the same definition as the ground truth's.
-* keypoints: ``outputs[i]`` has ``keypoints`` float [K, J, 3] (x, y, score) already in the original
-  image's pixels, ``scores`` [K] and ``labels`` [K]. Records hold ``keypoints`` as the flat list
-  x1, y1, s1, x2, y2, s2, ... (the visibility slot carries the joint score, as mmpose writes it);
-  COCOeval scores them by OKS with its 17 COCO sigmas, or ``dataset.keypoint_sigmas`` if the dataset
-  has them.
+* keypoints: ``outputs[i]`` has ``keypoints`` float [K, J, 3] (x, y, score) and ``scores`` [K]; with a
+  ``targets[i]["crop_to_image"]`` [2, 3] (top-down crops) the keypoints are in the crop's pixels and mapped by it,
+  else they are in the original image's pixels. ``crop_id``, ``box_score`` and ``area`` of the target are the
+  crop's; poses are rescored and OKS-NMSed per image before COCOeval (:class:`KeypointsEvaluator`), which uses
+  its 17 COCO sigmas, or ``dataset.keypoint_sigmas`` if the dataset has them.
 * miou: ``outputs[i]["sem_seg"]`` float [C, h, w] logits (or int64 [h, w] labels) at the input size;
   ``targets[i]["sem_seg"]`` int64 [H, W] ground truth where ``dataset.ignore_index`` (255 if absent)
   marks unlabelled pixels. Logits are resized bilinearly (labels: nearest) to [H, W] before the argmax.
@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 
 Metrics = dict[str, "float | None"]
 MASK_CHUNK = 16  # masks resized to the original size at a time (memory: chunk x H x W floats)
+COCO_KEYPOINT_SIGMAS = (0.026, 0.025, 0.025, 0.035, 0.035, 0.079, 0.079, 0.072, 0.072, 0.062, 0.062, 0.107, 0.107,
+                        0.087, 0.087, 0.089, 0.089)  # pycocotools' kpt_oks_sigmas
 
 
 def _hw(value: Any) -> tuple[int, int]:
@@ -121,17 +123,48 @@ def _segm_records(out: dict[str, Tensor], tgt: dict[str, Any], label_to_category
     ]
 
 
-def _keypoint_records(out: dict[str, Tensor], tgt: dict[str, Any], label_to_category: dict[int, int]) -> list[dict]:
-    """One image's poses [K, J, 3] (x, y, score; original pixels) -> COCO keypoint records."""
-    kpts = out["keypoints"].detach().float().cpu()
-    if kpts.numel() == 0:
-        return []
-    image_id = _image_id(tgt)
-    flat = kpts.reshape(kpts.shape[0], -1).tolist()
+def _keypoint_records(poses: list[dict[str, Any]], category_id: int) -> list[dict]:
+    """One image's kept poses (``keypoints`` [K, 3] in image pixels, rescored ``score``) -> COCO keypoint records:
+    ``keypoints`` flat x1, y1, s1, x2, y2, s2, ... (the visibility slot carries the joint score, as mmpose writes it)."""
     return [
-        {"image_id": image_id, "category_id": label_to_category[int(label)], "keypoints": [round(v, 3) for v in pose], "score": round(float(score), 5)}
-        for pose, score, label in zip(flat, out["scores"].tolist(), out["labels"].tolist())
+        {"image_id": int(p["image_id"]), "category_id": int(category_id),
+         "keypoints": [round(float(v), 3) for v in np.asarray(p["keypoints"]).reshape(-1)], "score": float(p["score"])}
+        for p in poses
     ]
+
+
+def crop_to_image(keypoints: Tensor, matrix: Any) -> np.ndarray:
+    """Keypoints [..., K, 3] (x, y, score) in crop pixels -> image pixels by the crop's affine [2, 3]: p' = A p + t."""
+    kpts = keypoints.detach().double().cpu().numpy().copy()
+    m = np.asarray(torch.as_tensor(matrix, dtype=torch.float64).cpu())
+    kpts[..., :2] = kpts[..., :2] @ m[:, :2].T + m[:, 2]
+    return kpts
+
+
+def rescore(keypoints: np.ndarray, box_score: float, vis_thr: float) -> float:
+    """mmpose's rescoring: s = box_score · mean{s_j : s_j > vis_thr} (0 when no joint passes)."""
+    scores = keypoints[:, 2]
+    valid = scores[scores > vis_thr]
+    return float(box_score) * (float(valid.mean()) if valid.size else 0.0)
+
+
+def oks_nms(keypoints: np.ndarray, scores: np.ndarray, areas: np.ndarray, thr: float, sigmas: Any = None) -> list[int]:
+    """mmpose's ``oks_nms`` (no joint threshold): greedily keep the best pose, drop those with OKS > ``thr`` to it,
+
+    OKS(i, j) = 1/K · Σ_k exp(−d_k² / (2 · (2σ_k)² · ((a_i + a_j) / 2 + ε))), a = the crops' padded box areas.
+    keypoints [N, K, 3]; returns the kept indices, best first.
+    """
+    sig = np.asarray(sigmas if sigmas is not None else COCO_KEYPOINT_SIGMAS, dtype=np.float64)
+    var = (2 * sig) ** 2
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    keep: list[int] = []
+    while order.size:
+        i, rest = int(order[0]), order[1:]
+        keep.append(i)
+        d2 = ((keypoints[rest, :, :2] - keypoints[i, :, :2]) ** 2).sum(-1)
+        e = d2 / var / ((areas[i] + areas[rest])[:, None] / 2 + np.spacing(1)) / 2
+        order = rest[np.exp(-e).mean(axis=1) <= thr]
+    return keep
 
 
 def _gt_copy(coco_gt):
@@ -275,23 +308,106 @@ class SegmEvaluator(CocoEvaluator):
 
 
 class KeypointsEvaluator(CocoEvaluator):
-    """COCO keypoint AP by OKS = Σ_j exp(-d_j² / (2 s² k_j²)) δ(v_j > 0) / Σ_j δ(v_j > 0), s² = GT area, k_j = 2σ_j."""
+    """COCO keypoint AP by OKS = Σ_j exp(-d_j² / (2 s² k_j²)) δ(v_j > 0) / Σ_j δ(v_j > 0), s² = GT area, k_j = 2σ_j.
+
+    Top-down: each prediction is one person crop (or one pose of a multi-person output), kept per
+    (image_id, crop_id). ``compute`` maps them to image pixels (``crop_to_image``), groups them per
+    image, rescores (:func:`rescore`, ``dataset.vis_thr``, 0.2), keeps the OKS-NMS survivors
+    (:func:`oks_nms`, ``dataset.oks_thr``, 0.9) and scores every image of ``dataset.image_ids``
+    (mmpose scores the whole val json: an image whose people were never detected counts as missed).
+    """
 
     name = "keypoints"
     iou_type = "keypoints"
     metrics = ("keypoints/AP", "keypoints/AP50", "keypoints/AP75", "keypoints/APm", "keypoints/APl", "keypoints/AR")
 
+    def __init__(self, dataset) -> None:
+        super().__init__(dataset)
+        self.oks_thr = float(getattr(dataset, "oks_thr", 0.9))
+        self.vis_thr = float(getattr(dataset, "vis_thr", 0.2))
+        self._crops: dict[tuple[int, int, int], dict[str, Any]] = {}
+
     def sigmas(self) -> Any:
         return getattr(self.dataset, "keypoint_sigmas", None)
 
-    def records(self, out: dict[str, Tensor], tgt: dict[str, Any]) -> list[dict]:
+    def _joints(self) -> int:
         sigmas = self.sigmas()
-        joints = len(sigmas) if sigmas is not None else 17
-        if out["keypoints"].numel() == 0:
+        return len(sigmas) if sigmas is not None else 17
+
+    def crops(self, out: dict[str, Tensor], tgt: dict[str, Any]) -> list[dict[str, Any]]:
+        """One output's poses in image pixels, each with its box score and the OKS-NMS area."""
+        kpts = out["keypoints"]
+        if kpts.numel() == 0:
             return []
-        if out["keypoints"].dim() != 3 or out["keypoints"].shape[1:] != (joints, 3):
-            raise ValueError(f"keypoints evaluator: outputs[i]['keypoints'] must be [K, {joints}, 3], got {tuple(out['keypoints'].shape)}")
-        return _keypoint_records(out, tgt, self.label_to_category)
+        joints = self._joints()
+        if kpts.dim() != 3 or tuple(kpts.shape[1:]) != (joints, 3):
+            raise ValueError(f"keypoints evaluator: outputs[i]['keypoints'] must be [K, {joints}, 3], got {tuple(kpts.shape)}")
+        image = crop_to_image(kpts, tgt["crop_to_image"]) if "crop_to_image" in tgt else kpts.double().cpu().numpy()
+        image = np.round(image, 3)  # as the records are written (1e-3 px), so a merged state computes the same
+        scores = out["scores"].detach().double().cpu().tolist()
+        poses = []
+        for k, pose in enumerate(image):
+            area = tgt.get("area")
+            if area is None:
+                span = pose[:, :2].max(0) - pose[:, :2].min(0)
+                area = float(span[0] * span[1])
+            box_score = tgt["box_score"] if "box_score" in tgt and len(image) == 1 else scores[k]
+            poses.append({"image_id": _image_id(tgt), "keypoints": pose, "box_score": float(box_score), "area": float(area)})
+        return poses
+
+    def update(self, outputs: list[dict[str, Tensor]], targets: list[dict[str, Any]]) -> None:
+        if len(outputs) != len(targets):
+            raise ValueError(f"{self.name} evaluator: {len(outputs)} outputs for {len(targets)} targets")
+        for out, tgt in zip(outputs, targets):
+            crop = int(tgt["crop_id"]) if "crop_id" in tgt else len(self._crops)
+            for k, pose in enumerate(self.crops(out, tgt)):
+                self._crops.setdefault((pose["image_id"], crop, k), pose)  # a repeated crop (padding) keeps its first
+            self._per_image.setdefault(_image_id(tgt), [])
+
+    def state(self) -> dict[str, list]:
+        """The crops as COCO-like records (before rescoring: ``score`` is the box score), with ``crop`` and ``area``."""
+        category = next(iter(self.label_to_category.values()), 1)
+        results = [{"image_id": key[0], "category_id": category, "crop": [key[1], key[2]], "area": pose["area"],
+                    "keypoints": np.asarray(pose["keypoints"]).reshape(-1).tolist(), "score": pose["box_score"]}
+                   for key, pose in self._crops.items()]
+        return {"image_ids": list(self._per_image), "results": results}
+
+    def merge(self, states: list[dict[str, list]]) -> None:
+        crops: dict[tuple[int, int, int], dict[str, Any]] = {}
+        seen: dict[int, list] = {}
+        for st in states:
+            for rec in st["results"]:
+                pose = {"image_id": int(rec["image_id"]), "keypoints": np.asarray(rec["keypoints"], dtype=np.float64).reshape(-1, 3),
+                        "box_score": float(rec["score"]), "area": float(rec["area"])}
+                crops.setdefault((int(rec["image_id"]), int(rec["crop"][0]), int(rec["crop"][1])), pose)
+            seen.update({int(i): [] for i in st["image_ids"]})
+        self._crops, self._per_image = crops, seen
+
+    def kept_poses(self) -> dict[int, list[dict[str, Any]]]:
+        """Per image, the rescored poses that survive OKS NMS."""
+        per_image: dict[int, list[dict[str, Any]]] = {}
+        for key in sorted(self._crops):  # by crop id, as mmpose sorts by bbox_id
+            per_image.setdefault(key[0], []).append(self._crops[key])
+        kept = {}
+        for image_id, poses in per_image.items():
+            kpts = np.stack([np.asarray(p["keypoints"], dtype=np.float64) for p in poses])
+            scores = np.array([rescore(k, p["box_score"], self.vis_thr) for k, p in zip(kpts, poses)])
+            areas = np.array([p["area"] for p in poses], dtype=np.float64)
+            keep = oks_nms(kpts, scores, areas, self.oks_thr, self.sigmas())
+            kept[image_id] = [{"image_id": image_id, "keypoints": kpts[i], "score": scores[i]} for i in keep]
+        return kept
+
+    def compute(self) -> Metrics:
+        category = next(iter(self.label_to_category.values()), 1)
+        results = [r for poses in self.kept_poses().values() for r in _keypoint_records(poses, category)]
+        image_ids = getattr(self.dataset, "image_ids", None) or sorted(self._per_image)
+        metrics, self.summary = coco_metrics(self.coco, results, list(image_ids), self.iou_type, self.metrics, self.sigmas())
+        return metrics
+
+    def records(self, out: dict[str, Tensor], tgt: dict[str, Any]) -> list[dict]:
+        """Unused (poses are kept per crop, see :meth:`update`); the poses of one output as records, unfiltered."""
+        poses = [{**p, "score": rescore(p["keypoints"], p["box_score"], self.vis_thr)} for p in self.crops(out, tgt)]
+        return _keypoint_records(poses, next(iter(self.label_to_category.values()), 1))
 
 
 # --------------------------------------------------------------------------- semantic segmentation
@@ -345,7 +461,10 @@ def miou_metrics(confusion: Tensor) -> tuple[Metrics, Tensor]:
 
 
 class MIoUEvaluator(Evaluator):
-    """Semantic segmentation: a C x C confusion matrix (rows ground truth, columns prediction)."""
+    """Semantic segmentation: a C x C confusion matrix (rows ground truth, columns prediction), summed over
+    the images (mmseg's ``eval_metrics``: total areas, then the ratios). Each image is scored at the size of
+    its ``sem_seg`` ground truth (the label file's original resolution); the summary lists the IoU of each
+    class by ``dataset.class_names`` (classes absent from ground truth and prediction left out)."""
 
     name = "miou"
     metrics = ("seg/mIoU", "seg/mAcc", "seg/aAcc")
@@ -377,7 +496,8 @@ class MIoUEvaluator(Evaluator):
 
     def compute(self) -> Metrics:
         metrics, self.per_class_iou = miou_metrics(self.confusion)
-        rows = [f"class {c}: IoU {100 * float(v):.2f}" for c, v in enumerate(self.per_class_iou) if not torch.isnan(v)]
+        names = list(getattr(self.dataset, "class_names", None) or range(self.num_classes))
+        rows = [f"class {names[c]}: IoU {100 * float(v):.2f}" for c, v in enumerate(self.per_class_iou) if not torch.isnan(v)]
         self.summary = "\n".join([*rows, *(f"{k}: {v}" for k, v in metrics.items())])
         return metrics
 
