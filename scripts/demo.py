@@ -4,11 +4,12 @@
     python scripts/demo.py [runs_root=runs] [seeds=[0,1,2]] [extra Hydra overrides ...]
 
 Trains (or, if already finished, reuses) in ``<runs_root>/smoke/demo/``: the teacher (seed 0),
-and for every seed the student without distillation and the student distilled with DFD
-(``student/`` and ``dfd/`` for seed 0, ``student_seed<S>/`` and ``dfd_seed<S>/`` for the others);
+and for every seed the student without distillation, the same trained as long as the teacher (the
+control that tells a distillation gain from a longer training) and the student distilled with DFD
+(``student/``, ``student_long/`` and ``dfd/`` for seed 0, ``<name>_seed<S>/`` for the others);
 all are evaluated with pycocotools, and the table (mean ± std over the seeds, and n) is printed
-and written to ``table.md`` there, with the DFD student's difference to the undistilled one
-marked as within or beyond the seeds' spread (the rule of ``dfd.results.tables.compare``).
+and written to ``table.md`` there, with the DFD student's difference to both controls marked as
+within or beyond the seeds' spread (the rule of ``dfd.results.tables.compare``).
 """
 from __future__ import annotations
 
@@ -36,17 +37,30 @@ def _cell(cell: Cell) -> str:
     return f"{cell.mean:.1f}" if cell.std is None else f"{cell.mean:.1f} ± {cell.std:.1f}"
 
 
-def markdown(rows: list[tuple[str, list[dict]]]) -> str:
-    """One line per method: each metric's mean ± std over its runs, n, and (last row) DFD against no distillation."""
+def _verdict(cells: list[list[Cell]], label: str, row: int, base: int) -> str:
+    verdict = compare(cells[row][0], cells[base][0])
+    return f"AP of DFD against {label}: " + ("one seed, no spread to judge it by" if verdict.spread is None else
+                                             f"{verdict.delta:+.1f} with a spread of {verdict.spread:.1f}: "
+                                             f"{verdict.verdict} the seeds' spread")
+
+
+def markdown(rows: list[tuple[str, list[dict]]], comparisons: list[tuple[str, int, int]]) -> str:
+    """One line per method: each metric's mean ± std over its runs and n; then, for each ``(label, row, base)``
+    of ``comparisons``, the AP of row ``row`` against row ``base``, judged by the seeds' spread."""
     head = "| method | n | " + " | ".join(c.split("/")[1] for c in COLUMNS) + " |"
     rule = "|---|---:|" + "---:|" * len(COLUMNS)
     cells = [[Cell(None, [m[c] for m in metrics if m.get(c) is not None]) for c in COLUMNS] for _, metrics in rows]
     body = ["| " + name + f" | {len(metrics)} | " + " | ".join(map(_cell, row)) + " |" for (name, metrics), row in zip(rows, cells)]
-    verdict = compare(cells[-1][0], cells[-2][0])
-    note = ("AP of DFD against no distillation: "
-            + ("one seed, no spread to judge it by" if verdict.spread is None else
-               f"{verdict.delta:+.1f} with a spread of {verdict.spread:.1f}: {verdict.verdict} the seeds' spread"))
-    return "\n".join([head, rule, *body, "", note])
+    return "\n".join([head, rule, *body, "", *(_verdict(cells, *c) + "  " for c in comparisons)]).rstrip()
+
+
+def as_long_as_the_teacher(overrides: list[str]) -> list[str]:
+    """The overrides that train a student for the teacher's epochs (``schedule.teacher_epochs``, steps scaled alike, as
+    the teacher's): the control that tells a distillation gain from a longer training."""
+    s = compose_config(["scale=smoke", *overrides]).schedule
+    epochs = s.teacher_epochs or s.epochs
+    steps = [round(x * epochs / s.epochs) for x in s.steps]
+    return [f"schedule.epochs={epochs}", f"schedule.steps=[{','.join(map(str, steps))}]"]
 
 
 def _parse(argv: list[str]) -> tuple[str, list[int], list[str]]:
@@ -79,13 +93,18 @@ def main(argv: list[str]) -> int:
 
     teacher = run("teacher", ["train=teacher"])
     students = [run("student", ["distill=none"], seed) for seed in seeds]
+    longer = as_long_as_the_teacher(["distill=none", *extra])
+    controls = [run("student_long", ["distill=none", *longer], seed) for seed in seeds]
     dfds = [run("dfd", ["distill=dfd", f"teacher.checkpoint={base / 'teacher' / CHECKPOINT}"], seed) for seed in seeds]
+    name = students[0]["experiment"]["student"]
     rows = [
         (f"teacher ({teacher['experiment']['teacher']}), seed 0", [teacher["metrics"]]),
-        (f"student ({students[0]['experiment']['student']}), no distillation", [r["metrics"] for r in students]),
-        (f"student ({dfds[0]['experiment']['student']}) + DFD", [r["metrics"] for r in dfds]),
+        (f"student ({name}), no distillation", [r["metrics"] for r in students]),
+        (f"student ({name}), no distillation, as long as the teacher ({longer[0].split('=')[1]} epochs)",
+         [r["metrics"] for r in controls]),
+        (f"student ({name}) + DFD", [r["metrics"] for r in dfds]),
     ]
-    table = markdown(rows)
+    table = markdown(rows, [("no distillation", 3, 1), ("no distillation as long as the teacher", 3, 2)])
     (base / "table.md").write_text(
         "Smoke scale: small models trained from scratch on the synthetic COCO set; not comparable with the paper. "
         f"Students: mean ± std over seeds {', '.join(map(str, seeds))}.\n\n" + table + "\n"

@@ -42,10 +42,14 @@ def test_demo_table_reports_seeds_and_judges_the_gain_by_their_spread() -> None:
     def metrics(ap: float) -> dict:
         return {"bbox/AP": ap, "bbox/AP50": 2 * ap, "bbox/APs": None, "bbox/APm": ap, "bbox/APl": ap}
 
-    table = demo.markdown([("teacher", [metrics(20.0)]), ("student", [metrics(5.0), metrics(7.0), metrics(6.0)]),
-                           ("dfd", [metrics(9.0), metrics(10.0), metrics(11.0)])])
+    rows = [("teacher", [metrics(20.0)]), ("student", [metrics(5.0), metrics(7.0), metrics(6.0)]),
+            ("dfd", [metrics(9.0), metrics(10.0), metrics(11.0)])]
+    table = demo.markdown(rows, [("no distillation", 2, 1)])
     assert "| student | 3 | 6.0 ± 1.0 | 12.0 ± 2.0 | — |" in table and "| teacher | 1 | 20.0 | 40.0 |" in table
-    assert "+4.0 with a spread of 1.4: beyond the seeds' spread" in table
-    close = demo.markdown([("t", [metrics(1.0)]), ("s", [metrics(5.0), metrics(7.0)]), ("d", [metrics(6.5), metrics(7.5)])])
+    assert "AP of DFD against no distillation: +4.0 with a spread of 1.4: beyond the seeds' spread" in table
+    close = demo.markdown([("t", [metrics(1.0)]), ("s", [metrics(5.0), metrics(7.0)]), ("d", [metrics(6.5), metrics(7.5)])],
+                          [("x", 2, 1)])
     assert "within the seeds' spread" in close
-    assert "one seed, no spread" in demo.markdown([("t", [metrics(1.0)]), ("s", [metrics(5.0)]), ("d", [metrics(6.0)])])
+    one = demo.markdown([("t", [metrics(1.0)]), ("s", [metrics(5.0)]), ("d", [metrics(6.0)])], [("x", 2, 1)])
+    assert "one seed, no spread" in one
+    assert demo.as_long_as_the_teacher(["distill=none"]) == ["schedule.epochs=6", "schedule.steps=[4]"]  # smoke: 3 -> 6
