@@ -327,6 +327,8 @@ def test_10_labels_and_the_sweeps_last_lines(tmp_path: Path) -> None:
     lines = summary_lines(table)
     assert len(lines) == 7 and lines[-1].startswith("tf_mse") and "mAP" in lines[-1] and "(paper 40.4)" in lines[-1]
     assert lines[-1].endswith("missing")
+    seven = summary_lines(collect_table(load_spec(7), tmp_path, "smoke", [0]))
+    assert "AP " in seven[0] and "(paper 71.8)" in seven[0] and "mIoU" in seven[-1] and "(paper 73.74)" in seven[-1]
 
 
 def test_10_a_multirun_ends_with_one_line_per_job(capsys: pytest.CaptureFixture) -> None:

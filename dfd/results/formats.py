@@ -383,12 +383,14 @@ def write_tables(table: CollectedTable, out_dir: str | Path, force: bool = False
 
 
 def summary_lines(table: CollectedTable) -> list[str]:
-    """One line per row: its id, status and main metric (the spec's first column), ours, the paper's and
-    the difference to the baseline (when there is one)."""
-    name, metric = next(iter(table.spec.metrics.items()))
+    """One line per row: its id, status and main metric (the spec's first column that the row fills: Table 7's
+    segmentation rows have mIoU, not AP), ours, the paper's and the difference to the baseline (when there is one)."""
     width = max(len(row.spec.id) for row in table.rows)
     lines = []
     for row in table.rows:
+        filled = [n for n, c in row.cells.items() if c.paper is not None or c.values]
+        name = filled[0] if filled else next(iter(table.spec.metrics))
+        metric = table.spec.metrics[name]
         cell = row.cells[name]
         ours = _reproduced(row, name, metric.decimals) or EMPTY
         paper = _num(cell.paper, metric.decimals) or EMPTY
