@@ -1,24 +1,64 @@
-"""Converting mmdetection model-zoo checkpoints into checkpoints of this repository's models.
+"""Converting OpenMMLab model-zoo checkpoints into checkpoints of this repository's models.
+
+One converter for every task: mmdetection 2.x detectors (``detection``, ``instance``), mmpose 0.x
+top-down pose models (``keypoints``) and mmsegmentation 0.x segmentors (``semantic``). The family's
+``from_mmdet`` renames the weights; the family's task says which library the file comes from and
+which classes it predicts (:data:`SOURCES`).
 
 The result carries what a checkpoint written by training carries (the model's family, options,
-classes and COCO category ids, the config of a ``train=teacher`` run, finished), so it loads as
-``teacher.checkpoint=OUT`` and ``scripts/evaluate.py checkpoint=OUT`` evaluates it.
+classes and their dataset category ids, the config of a ``train=teacher`` run, finished), so it
+loads as ``teacher.checkpoint=OUT`` and ``scripts/evaluate.py checkpoint=OUT`` evaluates it.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
+from dfd.data.cityscapes import CLASSES as CITYSCAPES_CLASSES
+from dfd.data.cityscapes import TRAIN_ID_TO_LABEL_ID
 from dfd.errors import ComponentNotImplemented
-from dfd.models import build_model, without_pretrained
-from dfd.models.mmdet import check_against, coco_labels, read_mmdet
+from dfd.models import WeightsError, build_model, without_pretrained
+from dfd.models.mmdet import COCO_CLASSES, check_against, coco_labels, read_openmmlab
 from dfd.rundir import config_digest
 
 from .checkpoint import atomic_save, model_record
 from .config import Config, check_model, to_plain
 from .runinfo import code_version, now
+
+COCO_PERSON_ID = 1  # COCO's person category: mmpose's top-down models predict only it
+
+Classes = Optional[Sequence[str]]
+
+
+def _detection_labels(classes: Classes, key: str) -> dict[int, int]:
+    return coco_labels(classes or COCO_CLASSES, key)
+
+
+def _person_labels(classes: Classes, key: str) -> dict[int, int]:
+    """mmpose's top-down checkpoints carry no classes (or ``("person",)``): one class, COCO's person."""
+    if classes and tuple(classes) != ("person",):
+        raise WeightsError(f"{key}: meta.CLASSES is {list(classes)[:3]}..., not mmpose's one person class")
+    return {1: COCO_PERSON_ID}
+
+
+def _cityscapes_labels(classes: Classes, key: str) -> dict[int, int]:
+    """mmsegmentation's Cityscapes classes are the 19 train ids in order: label i is train id i."""
+    if classes and tuple(classes) != CITYSCAPES_CLASSES:
+        raise WeightsError(f"{key}: its {len(classes)} classes are not Cityscapes' 19 train ids in order "
+                           f"(first: {list(classes)[:3]})")
+    return dict(enumerate(TRAIN_ID_TO_LABEL_ID))
+
+
+# task -> (the checkpoint's format, its classes as {label: dataset category id})
+SOURCES: dict[str, tuple[str, Callable[[Classes, str], dict[int, int]]]] = {
+    "detection": ("mmdetection 2.x", _detection_labels),
+    "instance": ("mmdetection 2.x", _detection_labels),
+    "keypoints": ("mmpose 0.x", _person_labels),
+    "semantic": ("mmsegmentation 0.x", _cityscapes_labels),
+}
 
 
 def _sha256(path: str | os.PathLike) -> str:
@@ -29,28 +69,37 @@ def _sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def _source(family: Any) -> tuple[str, Callable[[Classes, str], dict[int, int]]]:
+    if family.from_mmdet is None:
+        raise ComponentNotImplemented(f"teacher.family={family.name!r}: converting OpenMMLab checkpoints is not written yet")
+    if family.task not in SOURCES:
+        raise ComponentNotImplemented(f"teacher.family={family.name!r}: no OpenMMLab source for its task {family.task!r}")
+    return SOURCES[family.task]
+
+
 def convert_mmdet_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, cfg: Config) -> dict[str, Any]:
-    """Convert the mmdetection checkpoint ``src`` into the model ``cfg.teacher`` describes; write ``dst``.
+    """Convert the OpenMMLab checkpoint ``src`` into the model ``cfg.teacher`` describes; write ``dst``.
 
     Every weight of ``src`` must find its place and every weight of the model must be filled
-    (errors name the first key that does not); the classes must be mmdetection's 80 COCO classes.
+    (errors name the first key that does not); the classes must be the task's (:data:`SOURCES`):
+    mmdetection's 80 COCO classes, mmpose's person, mmsegmentation's 19 Cityscapes classes.
     """
     options = cfg.teacher
     family = check_model(options, "teacher")
-    if family.from_mmdet is None:
-        raise ComponentNotImplemented(f"teacher.family={family.name!r}: converting mmdetection checkpoints is not written yet")
-    state, classes = read_mmdet(src, "IN")
-    labels = coco_labels(classes, "IN")
+    fmt, labels_of = _source(family)
+    library = fmt.split()[0]
+    state, classes = read_openmmlab(src, "IN")
+    labels = labels_of(classes, "IN")
     model = build_model(without_pretrained(options), len(labels), "teacher")
     converted = family.from_mmdet(state, options)
-    check_against(converted, model.state_dict(), "IN")
+    check_against(converted, model.state_dict(), "IN", library)
     model.load_state_dict(converted)
     plain = to_plain(cfg)
     record = {
         "model": converted, "ema": None, "distill": None, "role": "teacher", "finished": True, "iteration": 0, "total_iters": 0,
         **model_record(family.name, options, len(labels), labels),
         "config": plain, "config_digest": config_digest(plain), "code_version": code_version(), "saved_at": now(),
-        "converted_from": {"path": str(Path(src).resolve()), "sha256": _sha256(src), "format": "mmdetection 2.x"},
+        "converted_from": {"path": str(Path(src).resolve()), "sha256": _sha256(src), "format": fmt},
     }
     atomic_save(record, dst)
     return record

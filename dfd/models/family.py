@@ -244,8 +244,10 @@ class Family:
         dataset to decode instance masks).
     pipeline: the data pipeline it trains on (``detection``, ``yolo``, ``topdown``, ``segmentation``:
         ``dfd/data/registry.py``); ``data.kind`` must serve it.
-    from_mmdet: ``from_mmdet(state_dict, options) -> state_dict``: an mmdetection 2.x checkpoint's
-        weights as this family's (``scripts/convert_mmdet.py``); None where not written yet.
+    from_mmdet: ``from_mmdet(state_dict, options) -> state_dict``: an OpenMMLab checkpoint's weights as
+        this family's (``scripts/convert_mmdet.py``; the library follows the task: mmdetection 2.x for
+        detection and instance, mmpose 0.x for keypoints, mmsegmentation 0.x for semantic); None where
+        not written yet.
     """
 
     name: str

@@ -1,7 +1,8 @@
-"""Reading mmdetection 2.x checkpoints: the model zoo's teachers, converted to this repository's models.
+"""Reading OpenMMLab checkpoints (mmdetection 2.x, mmpose 0.x, mmsegmentation 0.x): the model zoos'
+teachers, converted to this repository's models.
 
-A family that can take mmdetection weights declares ``Family.from_mmdet``: a function from an
-mmdetection ``state_dict`` (and the family's options) to this repository's state dict. This module
+A family that can take OpenMMLab weights declares ``Family.from_mmdet``: a function from the
+checkpoint's ``state_dict`` (and the family's options) to this repository's state dict. This module
 holds what those functions share: reading the file, renaming keys by ordered rules that must place
 every key, and mmdetection's class order.
 """
@@ -38,18 +39,26 @@ COCO_CATEGORY_IDS = (
 Rule = tuple[str, str]  # (regular expression on an mmdetection key, replacement)
 
 
-def read_mmdet(path: str | os.PathLike, key: str = "checkpoint") -> tuple[dict[str, Tensor], tuple[str, ...]]:
-    """The ``state_dict`` of an mmdetection checkpoint and its class names (``meta.CLASSES``; COCO's if absent)."""
+def read_openmmlab(path: str | os.PathLike, key: str = "checkpoint") -> tuple[dict[str, Tensor], tuple[str, ...] | None]:
+    """The ``state_dict`` of an OpenMMLab checkpoint and its class names (``meta.CLASSES``; None if absent)."""
     ckpt = read_checkpoint(path, key)
     state = ckpt.get("state_dict", ckpt)
     if not state or not all(isinstance(v, Tensor) for v in state.values()):
-        raise WeightsError(f"{key}: {str(path)!r} holds no mmdetection state_dict (keys: {sorted(ckpt)[:8]})")
-    classes = (ckpt.get("meta") or {}).get("CLASSES") or COCO_CLASSES
-    return dict(state), tuple(classes)
+        raise WeightsError(f"{key}: {str(path)!r} holds no OpenMMLab state_dict (keys: {sorted(ckpt)[:8]})")
+    classes = (ckpt.get("meta") or {}).get("CLASSES")
+    return dict(state), (tuple(classes) if classes else None)
 
 
-def rename(state: Mapping[str, Tensor], rules: Sequence[Rule], key: str = "checkpoint") -> dict[str, Tensor]:
-    """Every key renamed by the first rule whose pattern matches it all; a key no rule places is an error."""
+def read_mmdet(path: str | os.PathLike, key: str = "checkpoint") -> tuple[dict[str, Tensor], tuple[str, ...]]:
+    """The ``state_dict`` of an mmdetection checkpoint and its class names (``meta.CLASSES``; COCO's if absent)."""
+    state, classes = read_openmmlab(path, key)
+    return state, classes or COCO_CLASSES
+
+
+def rename(state: Mapping[str, Tensor], rules: Sequence[Rule], key: str = "checkpoint",
+           source: str = "mmdetection") -> dict[str, Tensor]:
+    """Every key renamed by the first rule whose pattern matches it all; a key no rule places is an error
+    (naming the ``source`` library: mmdetection, mmpose, ...)."""
     out: dict[str, Tensor] = {}
     compiled = [(re.compile(pattern), repl) for pattern, repl in rules]
     for name, value in state.items():
@@ -58,7 +67,7 @@ def rename(state: Mapping[str, Tensor], rules: Sequence[Rule], key: str = "check
                 out[pattern.sub(repl, name)] = value
                 break
         else:
-            raise WeightsError(f"{key}: cannot place the mmdetection weight {name!r} {tuple(value.shape)} in this model")
+            raise WeightsError(f"{key}: cannot place the {source} weight {name!r} {tuple(value.shape)} in this model")
     return out
 
 
@@ -70,11 +79,12 @@ def coco_labels(classes: Sequence[str], key: str = "checkpoint") -> dict[int, in
     return {c + 1: cat for c, cat in enumerate(COCO_CATEGORY_IDS)}
 
 
-def check_against(converted: Mapping[str, Tensor], own: Mapping[str, Any], key: str = "checkpoint") -> None:
+def check_against(converted: Mapping[str, Tensor], own: Mapping[str, Any], key: str = "checkpoint",
+                  source: str = "mmdetection") -> None:
     """Every converted tensor lands on a weight of the model with its shape, and the model lacks none."""
     missing = sorted(set(own) - set(converted))
     if missing:
-        raise WeightsError(f"{key}: the mmdetection checkpoint has nothing for {len(missing)} weights of the model "
+        raise WeightsError(f"{key}: the {source} checkpoint has nothing for {len(missing)} weights of the model "
                            f"(e.g. {missing[:3]}); was it trained with other options?")
     for name, value in converted.items():
         if name not in own:

@@ -343,4 +343,5 @@ FAMILY = register_family(Family(
     inherit_prefixes=("decode_head.", "auxiliary_head."),
     target_keys=("sem_seg",),
     pipeline="segmentation",
+    from_mmdet=pspnet_from_mmseg,
 ))

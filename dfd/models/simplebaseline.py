@@ -16,10 +16,12 @@ Inference (``predict``) is mmpose's ``TopDown.forward_test`` with ``test_cfg`` =
 ``mobilenetv2_coco_256x192.py``; their ``modulate_kernel=11`` is read only by the 'unbiased' decoder,
 which they do not use). Keypoints come out in the pixels of the crop the model saw; the evaluator maps
 them back to the image with the crop's affine transform (``dfd/engine/evaluators.py``).
+
+mmpose 0.29's zoo checkpoints convert with :func:`simplebaseline_from_mmpose` (``scripts/convert_mmdet.py``).
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import List, Optional
 
@@ -43,6 +45,7 @@ from .family import (
     register_family,
     select_maps,
 )
+from .mmdet import Rule, rename
 
 # backbone name -> (torchvision builder, C5 width)
 TRUNKS = {
@@ -262,6 +265,59 @@ def build_simplebaseline(options: SimpleBaselineOptions, num_classes: int) -> Si
     return SimpleBaselineModel(options)
 
 
+# ----------------------------------------------------------------------------- mmpose 0.x checkpoints
+
+# mmcls / mmpose MobileNetV2's arch_settings: (expand ratio, blocks) of layer1..layer7 (widths do not change names)
+MOBILENET_V2_LAYERS = ((1, 1), (6, 2), (6, 3), (6, 4), (6, 3), (6, 3), (6, 1))
+_BN = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
+
+
+def _resnet_rules() -> list[Rule]:
+    """mmpose's ResNet names its modules as torchvision's; ours sits in a Sequential (conv1, bn1, relu, maxpool, layer1..4)."""
+    rules: list[Rule] = [(r"backbone\.conv1\.weight", "backbone.0.weight"), (rf"backbone\.bn1\.{_BN}", r"backbone.1.\1")]
+    rules += [(rf"backbone\.layer{n}\.(.+)", rf"backbone.{n + 3}.\1") for n in range(1, 5)]
+    return rules
+
+
+def _mobilenet_v2_rules() -> list[Rule]:
+    """mmcls/mmpose MobileNetV2 (``conv1``, ``layerL.j.conv.k`` ConvModules, ``conv2``) onto torchvision's ``features``.
+
+    torchvision: features.0 the stem, features.1..17 the blocks in order, features.18 the last 1x1; in a
+    block every ConvModule k but the last is ``conv.k.{0: conv, 1: bn}``, the last (no activation) is
+    ``conv.k`` (conv) and ``conv.(k+1)`` (bn).
+    """
+    rules: list[Rule] = []
+
+    def module(src: str, conv: str, bn: str) -> None:
+        rules.extend([(rf"backbone\.{src}\.conv\.weight", f"backbone.{conv}.weight"),
+                      (rf"backbone\.{src}\.bn\.{_BN}", rf"backbone.{bn}.\1")])
+
+    module(r"conv1", "0.0", "0.1")
+    index = 1
+    for layer, (expand, blocks) in enumerate(MOBILENET_V2_LAYERS, start=1):
+        last = 1 if expand == 1 else 2
+        for j in range(blocks):
+            for k in range(last + 1):
+                conv, bn = (f"{k}", f"{k + 1}") if k == last else (f"{k}.0", f"{k}.1")
+                module(rf"layer{layer}\.{j}\.conv\.{k}", f"{index}.conv.{conv}", f"{index}.conv.{bn}")
+            index += 1
+    module(r"conv2", f"{index}.0", f"{index}.1")
+    return rules
+
+
+HEAD_RULES: list[Rule] = [
+    (rf"keypoint_head\.deconv_layers\.(\d+)\.{_BN}", r"deconv.\1.\2"),  # ConvTranspose2d 0, 3, 6; BatchNorm 1, 4, 7
+    (r"keypoint_head\.final_layer\.(weight|bias)", r"final.\1"),
+]
+
+
+def simplebaseline_from_mmpose(state: Mapping[str, Tensor], options: SimpleBaselineOptions) -> dict[str, Tensor]:
+    """An mmpose 0.x ``TopDown`` checkpoint (``backbone.*`` ResNet or MobileNetV2, ``keypoint_head.*``
+    ``TopdownHeatmapSimpleHead``) as this model's state dict; a key no rule places raises WeightsError naming it."""
+    trunk = _mobilenet_v2_rules() if options.backbone == "mobilenet_v2" else _resnet_rules()
+    return rename(state, [*trunk, *HEAD_RULES], source="mmpose")
+
+
 FAMILY = register_family(Family(
     name="simplebaseline",
     options=SimpleBaselineOptions,
@@ -272,4 +328,5 @@ FAMILY = register_family(Family(
     inherit_prefixes=("deconv.", "final."),
     target_keys=("heatmaps", "target_weight"),
     pipeline="topdown",
+    from_mmdet=simplebaseline_from_mmpose,
 ))
