@@ -66,6 +66,7 @@ VOLATILE_KEYS = (
     "trainer.threads", "trainer.overwrite", "trainer.device", "trainer.evaluate", "data.num_workers",
     "data.eval_batch_size", "data.verify_images",
     "distill.dfd.sparse_max_fraction",  # sparse or dense f_trans: the same loss (tests/test_distill_sparse.py)
+    "trainer.compile_losses",  # compiled or eager losses: the same computation
 )
 # Config nodes only the runs of one data pipeline set (yolo, topdown, segmentation): null elsewhere, and left
 # out of the digest when null, so adding a pipeline changes no digest of the runs before it.

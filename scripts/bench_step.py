@@ -3,6 +3,7 @@
 
     python scripts/bench_step.py                                   # smoke sizes, CPU: floor, dfd, mse
     python scripts/bench_step.py scale=full methods=dfd,mgd,fgd,pkd iters=20   # on a GPU: 1333x800, X101 -> R50, bf16
+    python scripts/bench_step.py scale=full methods=dfd,dfd@dense,dfd@dense@compiled   # DFD's options, measured
 
 Random images of the configured input size (data.max_size × data.min_size) and random boxes (for
 instance families, e.g. ``student=mask_rcnn_swin_t``, each box filled as its mask);
@@ -73,9 +74,27 @@ class Floor(torch.nn.Module):
         return out.losses
 
 
-def variants(cfg: Config, entries: list[str], device: torch.device) -> dict[str, tuple[torch.nn.Module, torch.optim.Optimizer]]:
-    """One model and optimizer per entry ("floor", "none" or methods joined by "+"), sharing one student and teacher
-    (speed does not depend on the weights)."""
+FLAGS = ("dense", "compiled")  # entry suffixes: @dense (DFD's f_trans never sparse), @compiled (torch.compile the losses)
+
+
+def _losses(cfg: Config, entry: str, student, teacher, device: torch.device, backend: str) -> FeatureDistillation:
+    """The distillation module of an entry ``methods[@flag...]`` (methods joined by "+", flags among :data:`FLAGS`)."""
+    methods, *flags = entry.split("@")
+    unknown = sorted(set(flags) - set(FLAGS))
+    if unknown:
+        raise SystemExit(f"bench_step.py: methods entry {entry!r}: unknown flag(s) {unknown}; flags: {', '.join(FLAGS)}")
+    distill = dataclasses.replace(cfg.distill, methods=methods.split("+"))
+    if "dense" in flags:
+        distill = dataclasses.replace(distill, dfd=dataclasses.replace(distill.dfd, sparse_max_fraction=0.0))
+    c = dataclasses.replace(cfg, distill=distill)
+    losses = FeatureDistillation(method_params(c), probe_channels(student, teacher, distill_levels(c), device))
+    return torch.compile(losses, backend=backend) if "compiled" in flags else losses
+
+
+def variants(cfg: Config, entries: list[str], device: torch.device,
+             backend: str = "inductor") -> dict[str, tuple[torch.nn.Module, torch.optim.Optimizer]]:
+    """One model and optimizer per entry ("floor", "none" or methods joined by "+", with @flags), sharing one
+    student and teacher (speed does not depend on the weights)."""
     num_classes = 80
     student = build_model(without_pretrained(cfg.student), num_classes, "student").to(device)
     teacher = freeze(build_model(without_pretrained(cfg.teacher), num_classes, "teacher").to(device))
@@ -86,9 +105,7 @@ def variants(cfg: Config, entries: list[str], device: torch.device) -> dict[str,
         elif entry == "floor":
             model = Floor(student, teacher, distill_levels(cfg))
         else:
-            c = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, methods=entry.split("+")))
-            losses = FeatureDistillation(method_params(c), probe_channels(student, teacher, distill_levels(c), device))
-            model = Distiller(student, teacher, losses)
+            model = Distiller(student, teacher, _losses(cfg, entry, student, teacher, device, backend))
         model = model.to(device).train()
         params = [p for m in model.trainable_modules() for p in m.parameters() if p.requires_grad]
         out[entry] = (model, torch.optim.SGD(params, lr=1e-4, momentum=0.9))
@@ -110,11 +127,12 @@ def step_time(model: torch.nn.Module, opt: torch.optim.Optimizer, batch_args: tu
     return time.perf_counter() - t
 
 
-def bench(cfg: Config, entries: list[str], iters: int, warmup: int) -> dict[str, dict[str, object]]:
-    """Step times of every entry, interleaved: each round runs every entry once, in an order rotated every round."""
+def bench(cfg: Config, entries: list[str], iters: int, warmup: int, backend: str = "inductor") -> dict[str, dict[str, object]]:
+    """Step times of every entry, interleaved: each round runs every entry once, in an order rotated every round
+    (compiled entries compile in the warm-up rounds)."""
     device = resolve_device(cfg.trainer.device, DistInfo())
     amp = amp_dtype(cfg.trainer.amp, device)
-    models = variants(cfg, entries, device)
+    models = variants(cfg, entries, device, backend)
     batch_args = synthetic_batch(cfg, 80)
     times: dict[str, list[float]] = {e: [] for e in entries}
     peak: dict[str, float] = {e: 0.0 for e in entries}
@@ -135,7 +153,7 @@ def _spread(values: list[float], fmt: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    own = {"methods": "dfd,mse", "iters": "10", "warmup": "2"}
+    own = {"methods": "dfd,mse", "iters": "10", "warmup": "2", "compile_backend": "inductor"}
     overrides = []
     for arg in argv:
         key, _, value = arg.partition("=")
@@ -152,7 +170,7 @@ def main(argv: list[str]) -> int:
           f"{getattr(cfg.student, 'backbone', '')}; amp {cfg.trainer.amp}; {own['iters']} interleaved rounds after {own['warmup']}")
     print("floor: the student's step plus the teacher's forward, no loss; ratio: a step's time over the floor's in the "
           "same round; median [min–max] over the rounds")
-    results = bench(cfg, entries, int(own["iters"]), int(own["warmup"]))
+    results = bench(cfg, entries, int(own["iters"]), int(own["warmup"]), own["compile_backend"])
     floor = results["floor"]["times"]
     print("| methods | step (s) | ratio to floor | peak GPU memory (GiB) |\n|---|---:|---:|---:|")
     for e in entries:

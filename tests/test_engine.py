@@ -13,7 +13,7 @@ from conftest import REPO, TINY, compose_config
 from dfd.data import DataError
 from dfd.engine import train as train_mod
 from dfd.engine.checkpoint import atomic_save
-from dfd.engine.config import ConfigError
+from dfd.engine.config import ConfigError, to_plain
 from dfd.engine.train import run_training
 from dfd.models import WeightsError
 
@@ -218,3 +218,20 @@ def test_distill_ratios_are_each_term_over_the_task_loss() -> None:
               "distill/dfd/p3": 3.0, "distill/dfd/p4": 1.0, "lr/group0": 0.01}
     assert train_mod.distill_ratios(values) == {"ratio/dfd/p3": 1.5, "ratio/dfd/p4": 0.5}
     assert train_mod.distill_ratios({"loss/total": 0.0, "distill/dfd/p3": 1.0}) == {}
+
+
+def test_compiled_losses_keep_their_state_dict_names(tmp_path: Path, teacher_checkpoint: Path) -> None:
+    """trainer.compile_losses compiles the losses in place: checkpoints keep the names of an eager run, and the
+    option is not part of the run's identity."""
+    from dfd.engine.config import load_config
+    from dfd.rundir import config_digest
+
+    def distiller(flag: bool):
+        cfg = load_config(compose_config([*TINY, "distill=dfd", f"teacher.checkpoint={teacher_checkpoint}",
+                                          f"trainer.compile_losses={str(flag).lower()}"]))
+        return cfg, train_mod.build_distiller(cfg, 4, torch.device("cpu"))
+
+    (eager_cfg, eager), (compiled_cfg, compiled) = distiller(False), distiller(True)
+    assert compiled.losses._compiled_call_impl is not None and eager.losses._compiled_call_impl is None
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    assert config_digest(to_plain(compiled_cfg)) == config_digest(to_plain(eager_cfg))

@@ -12,11 +12,14 @@ from conftest import REPO, TINY
 
 @pytest.mark.slow
 def test_bench_step_runs_every_method() -> None:
-    cmd = [sys.executable, str(REPO / "scripts" / "bench_step.py"), "methods=none,dfd,fgd", "iters=1", "warmup=0",
-           "data.min_size=64", "data.max_size=96", "data.batch_size=2"]
+    cmd = [sys.executable, str(REPO / "scripts" / "bench_step.py"), "methods=none,dfd,fgd,dfd@dense@compiled", "iters=1",
+           "warmup=1", "compile_backend=eager", "data.min_size=64", "data.max_size=96", "data.batch_size=2"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert [line.split("|")[1].strip() for line in proc.stdout.splitlines() if line.startswith("| ") and "methods" not in line] == ["floor", "none", "dfd", "fgd"]
+    rows = [line.split("|")[1].strip() for line in proc.stdout.splitlines() if line.startswith("| ") and "methods" not in line]
+    assert rows == ["floor", "none", "dfd", "fgd", "dfd@dense@compiled"]
+    bad = subprocess.run([*cmd[:2], "methods=dfd@fast", "iters=1"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "unknown flag(s) ['fast']" in bad.stderr + bad.stdout
     assert "ratio to floor" in proc.stdout
 
 

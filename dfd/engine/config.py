@@ -141,6 +141,7 @@ class TrainerConfig:
     threads: Optional[int] = None  # torch CPU threads; None = torch's default
     sync_bn: bool = True  # BatchNorm -> SyncBatchNorm under torchrun on CUDA
     objective: Optional[str] = None  # the metric returned to a Hydra sweeper; None = the task's primary one
+    compile_losses: bool = False  # torch.compile the distillation losses (a GPU speed option: docs/choices.md)
 
 
 @dataclass

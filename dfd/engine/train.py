@@ -105,6 +105,8 @@ def build_distiller(cfg: Config, num_classes: int, device: torch.device) -> Dist
     teacher = load_teacher(cfg.teacher, num_classes).to(device)
     model.to(device)
     losses = FeatureDistillation(method_params(cfg), probe_channels(model, teacher, _used_levels(cfg), device))
+    if cfg.trainer.compile_losses:
+        losses.compile()  # in place: the module's state-dict names stay those of an uncompiled run
     return Distiller(model, teacher, losses).to(device)
 
 
