@@ -85,17 +85,42 @@ def test_reproduce_a_table_end_to_end(tmp_path: Path, data_cache: Path) -> None:
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("metrics.json")} == stamp
 
 
-@pytest.mark.slow
-def test_not_implemented_rows_are_marked_and_shown(tmp_path: Path, data_cache: Path) -> None:
+NOT_BUILT_SPEC = """
+number: 9
+title: A table with a row of a family not built
+metrics: {mAP: bbox/AP}
+labels: [Method]
+groups:
+  - name: "RetinaNet"
+    overrides: [teacher=retinanet_x101_64x4d, student=retinanet_r50]
+    rows:
+      - {id: built, labels: {Method: student}, overrides: [distill=none], paper: {mAP: 36.5}}
+      - {id: unbuilt, labels: {Method: DETR}, overrides: [distill=none, student.family=detr], paper: {mAP: 42.0}}
+"""
+
+
+def test_not_implemented_rows_are_marked_and_shown(tmp_path: Path) -> None:
+    """A row naming a component not built is planned as not implemented, marked in its directory, collected without a
+    number, and its marker goes once the row runs."""
+    from dfd.engine.rows import register_rows
+    from dfd.engine.sweep import mark_not_implemented
+    from dfd.results import collect_table, write_tables
+
+    path = tmp_path / "table9.yaml"
+    path.write_text(NOT_BUILT_SPEC, encoding="utf-8")
+    spec = load_spec(path)
+    register_rows([spec])
     runs = tmp_path / "runs"
-    cmd = [sys.executable, str(REPO / "scripts" / "reproduce.py"), "table=7", "scale=smoke", f"runs_root={runs}", f"out_dir={tmp_path}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(data_cache), timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = list(csv.DictReader((tmp_path / "table7.csv").open()))
-    assert rows and all(r["status"] == "not_implemented" for r in rows)
-    assert all(r["AP_mean"] == "" and r["mIoU_mean"] == "" for r in rows)  # no number without a run
-    marker = json.loads((runs / "smoke" / "table7" / rows[0]["row_id"] / NOT_IMPLEMENTED_FILE).read_text())
+    plan = plan_table(spec, runs_root=runs, scale="smoke", seeds=[0], base=["scale=smoke"], compose=_compose)
+    assert list(plan.not_implemented) == ["unbuilt"] and "student.family='detr' is not implemented" in plan.not_implemented["unbuilt"]
+    assert plan.to_run == {None: ["built"]}
+    mark_not_implemented(plan)
+    marker = json.loads((runs / "smoke" / "table9" / "unbuilt" / NOT_IMPLEMENTED_FILE).read_text())
     assert "is not implemented" in marker["error"]
+    write_tables(collect_table(spec, runs, "smoke", [0], expected=plan.digests), tmp_path / "out", force=True)
+    rows = {r["row_id"]: r for r in csv.DictReader((tmp_path / "out" / "table9.csv").open())}
+    assert rows["unbuilt"]["status"] == "not_implemented" and rows["unbuilt"]["mAP_mean"] == ""  # no number without a run
+    assert rows["built"]["status"] == "missing"
 
 
 @pytest.mark.slow
