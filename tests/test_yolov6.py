@@ -404,7 +404,8 @@ def test_validation_maps_perfect_predictions_back_to_ap_100(tmp_path: Path) -> N
 
 
 def test_a_tiny_yolov6_overfits_a_few_images(tmp_path: Path) -> None:
-    """Four images without augmentation: the loss falls by half and the AP on them rises."""
+    """Four images without augmentation: the loss falls and the AP on them rises (measured, 80 steps: loss sums
+    14.8 -> 5.0 with one thread and -> 7.6 with two, AP 0 -> 91 and 75: the criteria keep a margin for both)."""
     _, val = _datasets(tmp_path)
     torch.manual_seed(0)
     model = build_yolov6(YoloV6Options(**TINY, atss_epochs=1, bn_momentum=0.1), val.num_classes)
@@ -418,7 +419,7 @@ def test_a_tiny_yolov6_overfits_a_few_images(tmp_path: Path) -> None:
 
     before, losses = ap(), []
     model.train()
-    for i in range(50):
+    for i in range(80):
         model.set_epoch(0 if i < 25 else 1)
         loss = sum(model.train_step(batch).losses.values())
         opt.zero_grad()
@@ -426,8 +427,8 @@ def test_a_tiny_yolov6_overfits_a_few_images(tmp_path: Path) -> None:
         opt.step()
         losses.append(loss.item())
     after = ap()
-    assert sum(losses[-5:]) < 0.5 * sum(losses[:5]), losses
-    assert after > before + 20.0, (before, after)
+    assert sum(losses[-5:]) < 0.6 * sum(losses[:5]), losses
+    assert after > before + 40.0, (before, after)
 
 
 # ----------------------------------------------------------------------------- end to end
