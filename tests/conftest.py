@@ -66,3 +66,19 @@ def wandb_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_MODE", raising=False)
     return home
+
+
+def train_steps(model, batch, opt, steps: int, before_step=None) -> list[float]:
+    """Train ``model`` (a TaskModel) ``steps`` times on the one ``batch``; each step's loss. ``before_step(i)`` runs
+    first at each step (e.g. a YOLOv6 epoch switch). The overfit tests of every family share it."""
+    model.train()
+    losses = []
+    for i in range(steps):
+        if before_step is not None:
+            before_step(i)
+        loss = sum(model.train_step(batch).losses.values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONF, compose_config
+from conftest import CONF, compose_config, train_steps
 
 from dfd.distill import FeatureDistillation
 from dfd.engine.config import load_config
@@ -254,14 +254,8 @@ def test_every_family_overfits_a_few_images(option: str, tmp_path: Path) -> None
         return evaluate_model(model, train, family.task, batch_size=4, num_workers=0, device=torch.device("cpu"),
                               amp_dtype=None, info=DistInfo())["bbox/AP"]
 
-    before, losses = ap(), []
-    model.train()
-    for _ in range(60):
-        loss = sum(model.train_step(batch).losses.values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    before = ap()
+    losses = train_steps(model, batch, opt, 60)
     after = ap()
     print(f"{option}: loss {losses[0]:.3f} -> {losses[-1]:.3f}, AP {before:.1f} -> {after:.1f}")
     assert sum(losses[-5:]) < 0.5 * sum(losses[:5]), losses

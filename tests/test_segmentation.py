@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, compose_config
+from conftest import REPO, compose_config, train_steps
 from PIL import Image
 
 from dfd.data import DATASETS, DataError, DataNeeds, build_datasets
@@ -386,14 +386,8 @@ def test_a_small_pspnet_overfits_a_few_images(tmp_path: Path) -> None:
         return evaluate_model(model, val, "semantic", batch_size=4, num_workers=0, device=torch.device("cpu"),
                               amp_dtype=None, info=DistInfo())["seg/mIoU"]
 
-    before, losses = miou(), []
-    model.train()
-    for _ in range(60):
-        loss = sum(model.train_step(batch).losses.values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    before = miou()
+    losses = train_steps(model, batch, opt, 60)
     after = miou()
     assert sum(losses[-5:]) < 0.85 * sum(losses[:5]), losses
     assert after > before + 20.0, (before, after)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, train_steps
 from PIL import Image
 from torch import nn
 
@@ -417,15 +417,8 @@ def test_a_tiny_yolov6_overfits_a_few_images(tmp_path: Path) -> None:
         return evaluate_model(model, val, "detection", batch_size=4, num_workers=0, device=torch.device("cpu"),
                               amp_dtype=None, info=DistInfo())["bbox/AP"]
 
-    before, losses = ap(), []
-    model.train()
-    for i in range(80):
-        model.set_epoch(0 if i < 25 else 1)
-        loss = sum(model.train_step(batch).losses.values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    before = ap()
+    losses = train_steps(model, batch, opt, 80, before_step=lambda i: model.set_epoch(0 if i < 25 else 1))
     after = ap()
     assert sum(losses[-5:]) < 0.6 * sum(losses[:5]), losses
     assert after > before + 40.0, (before, after)
