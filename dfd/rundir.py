@@ -71,6 +71,10 @@ VOLATILE_KEYS = (
 # Config nodes only the runs of one data pipeline set (yolo, topdown, segmentation): null elsewhere, and left
 # out of the digest when null, so adding a pipeline changes no digest of the runs before it.
 PIPELINE_KEYS = ("data.yolo", "data.keypoints", "data.segmentation")
+# Config keys of the start-of-training calibration of the distillation weights (dfd/engine/calibrate.py): left out
+# of the digest of a run that does not distil, and of every run while the calibration is off, so adding it changed
+# no digest of the runs before it.
+CALIBRATION_KEYS = ("distill.start_ratio", "distill.calibration_batches")
 # Config keys naming a file or directory: compared by what they point to, not by their spelling.
 PATH_KEYS = ("data.root", "teacher.checkpoint", "teacher.weights", "student.checkpoint", "student.weights")
 # data.kind values whose data is generated from the config: their data.root is only a cache location.
@@ -214,6 +218,9 @@ def result_config(config: Mapping[str, Any]) -> dict[str, Any]:
 def canonical_config(config: Mapping[str, Any], identities: Mapping[str, str] | None = None) -> dict[str, Any]:
     """:func:`result_config` with the paths of :data:`PATH_KEYS` replaced by :func:`path_identity`."""
     flat = {k: v for k, v in result_config(config).items() if not (k in PIPELINE_KEYS and v is None)}
+    if flat.get("distill.start_ratio") is None or flat.get("train.role") == "teacher" or not flat.get("distill.methods"):
+        for key in CALIBRATION_KEYS:
+            flat.pop(key, None)
     for key in PATH_KEYS:
         if flat.get(key):
             flat[key] = path_identity(flat[key], identities)

@@ -5,8 +5,9 @@
 
 Runs the first ``batches`` batches of the run the overrides describe (no update) and prints,
 per term, its mean value with the configured weights, its ratio to the task loss, and the
-weight that would make it equal to the task loss. This is how the defaults of
-docs/choices.md were checked; rerun it for your teacher, student and data.
+weight that would make it equal to the task loss; then the gain per method that
+``distill.start_ratio`` (1 when unset) would apply (dfd/engine/calibrate.py). This is how the
+defaults of docs/choices.md were checked; rerun it for your teacher, student and data.
 """
 from __future__ import annotations
 
@@ -18,12 +19,12 @@ sys.path.insert(0, str(REPO))
 
 import functools  # noqa: E402
 
-import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from dfd.data import EpochBatchSampler, collate  # noqa: E402
+from dfd.engine.calibrate import measure_terms, start_gains  # noqa: E402
 from dfd.engine.config import compose_config, load_config  # noqa: E402
-from dfd.engine.setup import setup_process  # noqa: E402
+from dfd.engine.setup import amp_dtype, setup_process  # noqa: E402
 from dfd.engine.train import build_run  # noqa: E402
 
 # where each term's weight lives in the config
@@ -45,29 +46,19 @@ def main(argv: list[str]) -> int:
         raise SystemExit("calibrate_weights.py: choose a distillation run (distill=dfd, ...) of train=student")
     info, device = setup_process(cfg)
     run = build_run(cfg, Path("."), info, device)
-    distiller = run.distiller.train()
     sampler = EpochBatchSampler(len(run.train_set), cfg.data.batch_size, seed=cfg.seed, epoch=0)
-    sums: dict[str, float] = {}
-    seen = 0
-    with torch.no_grad():
-        for images, targets in DataLoader(run.train_set, batch_sampler=sampler, collate_fn=collate):
-            if seen == batches:
-                break
-            out = distiller(distiller.prepare(images, targets, device))
-            sums["task"] = sums.get("task", 0.0) + sum(v.item() for k, v in out.items() if not k.startswith("distill/"))
-            for k, v in out.items():
-                if k.startswith("distill/"):
-                    sums[k[8:]] = sums.get(k[8:], 0.0) + v.item()
-            seen += 1
-    means = {k: v / seen for k, v in sums.items()}
-    task = means.pop("task")
-    print(f"task loss (mean of {seen} batches): {task:.4g}")
+    loader = DataLoader(run.train_set, batch_sampler=sampler, collate_fn=collate)
+    task, means = measure_terms(run.distiller, loader, batches, device, amp_dtype(cfg.trainer.amp, device), info)
+    print(f"task loss (mean of up to {batches} batches): {task:.4g}")
     print(f"{'term':<16}{'value':>12}{'÷ task':>10}   weight for value = task loss")
     for term, value in means.items():
         key = WEIGHT_KEYS.get(term)
         weight = float(functools.reduce(getattr, key.split("."), cfg)) if key else None
         suggestion = f"{key}={weight * task / value:.3g}" if key and value > 0 else "—"
         print(f"{term:<16}{value:>12.4g}{value / task:>10.3g}   {suggestion}")
+    ratio = cfg.distill.start_ratio if cfg.distill.start_ratio is not None else 1.0
+    gains = ", ".join(f"{m} {g:.3g}" for m, g in start_gains(task, means, ratio).items())
+    print(f"gains that distill.start_ratio={ratio:g} would apply: {gains}")
     return 0
 
 

@@ -49,7 +49,9 @@ def test_teacher_then_dfd_student_through_the_entry_point(tmp_path: Path, teache
     assert {"distill/dfd/hd", "distill/dfd/ld", "loss/classification"} <= set(record["losses"])
     assert record["experiment"]["methods"] == ["dfd"] and record["timings"]["iterations"] == 3
     # smoke's lr 1e-3 is for a batch of 4 (schedule.base_batch): one process with 2 images gets half
+    gains = record["optimization"].pop("distill_gains")  # smoke starts the terms at distill.start_ratio
     assert record["optimization"] == {"lr": 5e-4, "total_batch": 2, "base_lr": 1e-3, "base_batch": 4}
+    assert set(gains) == {"dfd"} and gains["dfd"] > 0
     assert record["code_version"]["version"]
     ckpt = torch.load(run_dir / "checkpoints" / "last.pth", weights_only=True)
     assert ckpt["finished"] and ckpt["iteration"] == 3 and ckpt["distill"]

@@ -9,6 +9,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from .context import DistillContext, MethodParams
@@ -56,8 +57,10 @@ class FeatureDistillation(nn.Module):
             maps that method distils (default: every level of ``channels``).
         channels: ``{level: (student_channels, teacher_channels)}`` for every distilled map.
 
-    ``forward(ctx)`` takes a :class:`DistillContext` and returns ``{"<method>/<term>": loss}``.
-    :attr:`inputs` names the context fields the losses need besides the maps.
+    ``forward(ctx)`` takes a :class:`DistillContext` and returns ``{"<method>/<term>": loss}``, each
+    method's terms times its gain (:attr:`gains`, 1 unless :meth:`set_gains` changed it; saved with the
+    module's state, so a resumed run keeps the gains it started with). :attr:`inputs` names the context
+    fields the losses need besides the maps.
     """
 
     def __init__(self, methods: Mapping[str, MethodParams | Mapping[str, Any]], channels: Mapping[str, tuple[int, int]]) -> None:
@@ -72,6 +75,24 @@ class FeatureDistillation(nn.Module):
             if unknown:
                 raise ValueError(f"distillation method {method!r}: levels {unknown} have no channels (known: {list(channels)})")
             self.losses[method] = nn.ModuleDict({lvl: build_loss(method, *channels[lvl], **kw) for lvl in levels})
+        self.register_buffer("gains", torch.ones(len(self.losses)))
+
+    def set_gains(self, gains: Mapping[str, float]) -> None:
+        """Multiply every term of method ``m`` by ``gains[m]`` from now on (methods not named keep theirs)."""
+        unknown = [m for m in gains if m not in self.losses]
+        if unknown:
+            raise ValueError(f"no distillation method {unknown} here (methods: {list(self.losses)})")
+        for i, method in enumerate(self.losses):
+            if method in gains:
+                self.gains[i] = float(gains[method])
+
+    def gain_of(self, method: str) -> float:
+        return float(self.gains[list(self.losses).index(method)])
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
+        # checkpoints written before the gains existed hold none: their terms were weighted as configured
+        state_dict.setdefault(prefix + "gains", torch.ones_like(self.gains))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def levels(self) -> list[str]:
@@ -85,10 +106,12 @@ class FeatureDistillation(nn.Module):
 
     def forward(self, ctx: DistillContext) -> dict[str, Tensor]:
         terms: dict[str, Tensor] = {}
-        for method, per_level in self.losses.items():
+        for i, (method, per_level) in enumerate(self.losses.items()):
             extra = ctx.inputs_for(METHODS[method].inputs, method)
+            gain = self.gains[i]
             for level, loss in per_level.items():
                 for name, value in loss(ctx.student[level], ctx.teacher[level], **extra).items():
                     key = f"{method}/{name}"
+                    value = value * gain
                     terms[key] = terms[key] + value if key in terms else value
         return terms

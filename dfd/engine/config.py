@@ -62,6 +62,10 @@ class DistillConfig:
     methods: List[str] = field(default_factory=list)  # [] = no distillation; several = their sum
     levels: Optional[List[str]] = None  # None: the student family's default levels
     inherit: bool = False  # initialise the student's neck and head from the teacher where shapes match
+    # None: every method's weights as configured. r: before the first step each method gets one gain so that its
+    # terms, summed, are r x the task loss on the first calibration_batches batches (dfd/engine/calibrate.py)
+    start_ratio: Optional[float] = None
+    calibration_batches: int = 4
     dfd: DFDParams = field(default_factory=DFDParams)
     mse: MSEParams = field(default_factory=MSEParams)
     fgd: FGDParams = field(default_factory=FGDParams)
@@ -322,6 +326,10 @@ def _check_distill(cfg: Config, student: Family) -> None:
     _positive("distill.cwd.tau", d.cwd.tau)
     if not 0 <= d.mgd.lambda_mgd < 1:
         _fail("distill.mgd.lambda_mgd", d.mgd.lambda_mgd, "expected a mask ratio in [0, 1)")
+    if d.start_ratio is not None:
+        _positive("distill.start_ratio", d.start_ratio)
+    if d.calibration_batches < 1:
+        _fail("distill.calibration_batches", d.calibration_batches, "expected at least one batch")
 
 
 def _check_region(cfg: Config) -> None:

@@ -46,6 +46,7 @@ from dfd.rundir import (
 )
 
 from . import teachers
+from .calibrate import measure_terms, start_gains
 from .checkpoint import atomic_save, load_teacher, model_record, rng_state, set_rng_state
 from .config import Config, ConfigError, distill_levels, effective_lr, load_config, method_params, to_plain
 from .dist import DistInfo, barrier
@@ -226,6 +227,25 @@ def resume_or_start(run: Run) -> None:
     set_rng_state(ckpt["rng"])
     run.start = run.saved = run.iteration = int(ckpt["iteration"])
     log.info("resuming %s from iteration %d of %d", run.run_dir, run.start, run.total)
+
+
+def calibrate_distillation(run: Run) -> None:
+    """``distill.start_ratio``: before the first step, each method's terms get the gain that puts them at that
+    ratio to the task loss on the first ``distill.calibration_batches`` batches (:mod:`dfd.engine.calibrate`).
+    A resumed run keeps the gains its checkpoint holds. The gains go into metrics.json's ``optimization``."""
+    d, losses = run.cfg.distill, run.distiller.losses
+    if losses is None or d.start_ratio is None:
+        return
+    if run.start == 0:
+        announce_epoch(run, 0)
+        task, terms = measure_terms(run.distiller, epoch_loader(run, 0, 0), d.calibration_batches, run.device,
+                                    run.amp_dtype, run.info)
+        gains = start_gains(task, terms, d.start_ratio)
+        losses.set_gains(gains)
+        log.info("distill.start_ratio=%g: task loss %.4g over %d batches; %s", d.start_ratio, task, d.calibration_batches,
+                 ", ".join(f"{m} terms {sum(v for k, v in terms.items() if k.startswith(m + '/')):.4g} -> gain {g:.3g}"
+                           for m, g in gains.items()))
+    run.optimization["distill_gains"] = {m: losses.gain_of(m) for m in losses.losses}
 
 
 # ----------------------------------------------------------------------------- training
@@ -469,6 +489,7 @@ def start_run(cfg: Config, run_dir: Path, plain: dict[str, Any]) -> Run:
     run.started = started
     build_optimization(run)
     resume_or_start(run)
+    calibrate_distillation(run)
     if info.is_main:
         write_config(run_dir, run.plain)
     return run
