@@ -22,20 +22,7 @@ runs=/tmp/device_runs
 echo "== 1. bf16 vs fp32 evaluation of one trained checkpoint"
 python3 scripts/train.py scale=smoke distill=none trainer.device=cuda trainer.progress=false \
   hydra.run.dir=$runs/student > "$out/train_student.log" 2>&1 || tail -5 "$out/train_student.log"
-for amp in off bf16; do
-  python3 scripts/evaluate.py checkpoint=$runs/student/checkpoints/last.pth trainer.device=cuda trainer.amp=$amp \
-    hydra.run.dir=$runs/eval_$amp > "$out/eval_$amp.log" 2>&1 && cp $runs/eval_$amp/metrics.json "$out/eval_$amp.json"
-done
-python3 - "$out" <<'PY'
-import json, sys
-out = sys.argv[1]
-try:
-    m = {amp: json.load(open(f"{out}/eval_{amp}.json"))["metrics"] for amp in ("off", "bf16")}
-except OSError as err:
-    sys.exit(f"no evaluation to compare: {err}")
-for k in ("bbox/AP", "bbox/AP50", "bbox/AP75", "bbox/APs"):
-    print(f"{k}: fp32 {m['off'][k]:.2f}  bf16 {m['bf16'][k]:.2f}  difference {m['bf16'][k] - m['off'][k]:+.2f}")
-PY
+python3 scripts/amp_check.py $runs/student/checkpoints/last.pth device=cuda out=$runs/amp | tee "$out/amp_check.md"
 
 echo "== 2. step time at full scale (bf16)"
 python3 scripts/bench_step.py scale=full methods=none,dfd,mse,mgd,fgd,pkd iters=20 2>&1 | tee "$out/bench_step_full.txt" | tail -12

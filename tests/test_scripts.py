@@ -30,6 +30,17 @@ def test_calibrate_weights_reports_each_term(teacher_checkpoint: Path, data_cach
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "DFD_CACHE": str(data_cache)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "region.alpha=" in proc.stdout and "region.beta=" in proc.stdout and "distill.mgd.alpha=" in proc.stdout
+    assert "gains that distill.start_ratio=3.5 would apply: mgd " in proc.stdout
+
+
+@pytest.mark.slow
+def test_amp_check_evaluates_fp32_and_bf16(teacher_checkpoint: Path, data_cache: Path, tmp_path: Path) -> None:
+    cmd = [sys.executable, str(REPO / "scripts" / "amp_check.py"), str(teacher_checkpoint), f"out={tmp_path}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "DFD_CACHE": str(data_cache)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split("|")[2].strip() for line in proc.stdout.splitlines() if line.startswith(f"| {teacher_checkpoint}")]
+    assert rows == ["bbox/AP", "bbox/AP75", "bbox/APs"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0_off", "1_bf16"]
 
 
 def test_demo_table_reports_seeds_and_judges_the_gain_by_their_spread() -> None:
