@@ -303,3 +303,6 @@ def test_deformable_stages_start_as_the_plain_convolution_and_learn_offsets() ->
     assert torch.allclose(plain(x), dcn(x), atol=1e-4)  # zero offsets: a plain 3x3 convolution
     dcn(x).sum().backward()
     assert dcn.layer4[1].conv2.conv_offset.weight.grad.abs().sum() > 0
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # trainer.amp=bf16 on a CPU: no bf16 kernel
+        low = dcn.layer2[0].conv2(torch.randn(1, 128, 16, 16).bfloat16())
+    assert low.dtype == torch.bfloat16

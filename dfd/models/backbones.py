@@ -94,9 +94,13 @@ class DeformConv3x3(nn.Module):
         nn.init.zeros_(self.conv_offset.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The sampling runs in fp32 and the output comes back in ``x``'s dtype: torchvision's CUDA autocast does
+        the same, and its CPU kernel has no bf16 (``trainer.amp=bf16`` on a CPU would fail)."""
         offsets = self.conv_offset(x)
-        return torchvision.ops.deform_conv2d(x, offsets.to(x.dtype), self.weight.to(x.dtype), None, self.stride,
-                                             self.padding, self.dilation)
+        with torch.autocast(x.device.type, enabled=False):
+            y = torchvision.ops.deform_conv2d(x.float(), offsets.float(), self.weight.float(), None, self.stride,
+                                              self.padding, self.dilation)
+        return y.to(x.dtype)
 
 
 def add_deformable_convs(trunk: nn.Module, stages: tuple[int, ...]) -> None:
