@@ -611,3 +611,16 @@ def test_issue9_6_verify_images_decodes_every_image_before_training(handmade: Pa
     with pytest.raises(DataError, match=r"do not decode: c\.jpg"):
         build_datasets("coco", handmade, min_size=60, max_size=100, verify_images=True)
     assert len(CocoDetection(handmade, "val", verify=True)) == 3
+
+
+def test_pipeline_options_name_the_unknown_key_and_fill_nested_defaults() -> None:
+    from dfd.data.keypoints import KeypointsDataOptions, SyntheticKeypointsOptions
+    from dfd.data.options import parse_options
+
+    opts = parse_options({"sigma": 3.0, "synthetic": None}, KeypointsDataOptions, "data.keypoints")
+    assert opts.sigma == 3.0 and opts.synthetic == SyntheticKeypointsOptions()
+    nested = parse_options({"synthetic": {"num_train": 7}}, KeypointsDataOptions, "data.keypoints")
+    assert isinstance(nested.synthetic, SyntheticKeypointsOptions) and nested.synthetic.num_train == 7
+    with pytest.raises(DataError, match=r"data.keypoints.synthetic: unknown key\(s\) num_trian; allowed: "):
+        parse_options({"synthetic": {"num_trian": 7}}, KeypointsDataOptions, "data.keypoints")
+    assert parse_options(opts, KeypointsDataOptions, "data.keypoints") is opts

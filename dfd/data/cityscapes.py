@@ -38,6 +38,7 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
 from .coco import DataError, _parse_item
+from .options import parse_options
 from .registry import DataNeeds, DatasetEntry, register_dataset
 from .transforms import fit_size
 
@@ -120,17 +121,7 @@ class SegmentationDataOptions:
 
 def segmentation_options(values: Mapping[str, Any] | SegmentationDataOptions | None) -> SegmentationDataOptions:
     """``data.segmentation`` as plain values (what a builder gets) -> checked options; unknown keys named."""
-    if isinstance(values, SegmentationDataOptions):
-        options = values
-    else:
-        values = dict(values or {})
-        names = {f.name for f in dataclasses.fields(SegmentationDataOptions)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise DataError(f"data.segmentation: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
-        if isinstance(values.get("synthetic"), Mapping):
-            values["synthetic"] = SyntheticCityscapesConfig(**values["synthetic"])
-        options = SegmentationDataOptions(**values)
+    options = parse_options(values, SegmentationDataOptions, "data.segmentation")
     options.check()
     return options
 

@@ -40,6 +40,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
 from .coco import DataError, _check_entries, _check_image_files, _finite_box, _load_json, _parse_item, verify_images
+from .options import parse_options
 
 # COCO's 17 person joints, their skeleton (1-based, as in the json), mirror pairs and OKS sigmas.
 KEYPOINT_NAMES = (
@@ -112,15 +113,7 @@ class KeypointsDataOptions:
 
 def keypoint_options(values: Any) -> KeypointsDataOptions:
     """``data.keypoints`` (a dict or the dataclass) as the dataclass, checked; DataError naming the key."""
-    if isinstance(values, KeypointsDataOptions):
-        opts = values
-    else:
-        values = dict(values or {})
-        synthetic = values.pop("synthetic", None) or {}
-        try:
-            opts = KeypointsDataOptions(**values, synthetic=SyntheticKeypointsOptions(**dict(synthetic)))
-        except TypeError as err:
-            raise DataError(f"data.keypoints: {err}") from err
+    opts = parse_options(values, KeypointsDataOptions, "data.keypoints")
     for key in ("input_size", "heatmap_size"):
         value = list(getattr(opts, key))
         if len(value) != 2 or any(int(v) <= 0 for v in value):

@@ -22,7 +22,6 @@ function of (index, seed, epoch's mosaic switch). A bare index draws a seed from
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ import torch
 from PIL import Image
 
 from .coco import CocoDetection, DataError, _parse_item
+from .options import parse_options
 
 GRAY = 114
 
@@ -70,15 +70,8 @@ class YoloDataOptions:
 
 
 def yolo_options(values: Mapping[str, Any] | YoloDataOptions | None) -> YoloDataOptions:
-    """``data.yolo`` as :class:`YoloDataOptions`; DataError naming the unknown keys."""
-    if isinstance(values, YoloDataOptions):
-        options = values
-    else:
-        names = {f.name for f in dataclasses.fields(YoloDataOptions)}
-        unknown = sorted(set(values or {}) - names)
-        if unknown:
-            raise DataError(f"data.yolo: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
-        options = YoloDataOptions(**dict(values or {}))
+    """``data.yolo`` as :class:`YoloDataOptions`, checked; DataError naming the unknown keys."""
+    options = parse_options(values, YoloDataOptions, "data.yolo")
     options.check()
     return options
 
