@@ -8,7 +8,7 @@ repository's teachers load.
 ``model`` is the option of ``conf/teacher/`` the checkpoint is (its architecture options must be the
 ones the OpenMMLab model was trained with; theirs are the full-scale defaults, but mmsegmentation's
 ResNetV1c needs ``teacher.stem=v1c``). The family's task picks the library and the data the
-converted checkpoint's config names (:data:`DATA_BY_TASK`). Then:
+converted checkpoint's config names (``dfd.engine.convert.SOURCES``). Then:
 
     python scripts/train.py scale=full teacher=retinanet_x101_64x4d teacher.checkpoint=OUT.pth ...
     python scripts/evaluate.py checkpoint=OUT.pth data.root=/data/coco
@@ -21,13 +21,12 @@ import sys
 from omegaconf import OmegaConf
 
 from dfd.engine.config import compose_config
-from dfd.engine.convert import convert_mmdet_checkpoint
+from dfd.engine.convert import convert_mmdet_checkpoint, source_of
+from dfd.errors import ComponentNotImplemented
 from dfd.models import get_family
 
 USAGE = ("usage: convert_mmdet.py IN OUT model=<conf/teacher option> [teacher.KEY=VALUE ...]\n"
          "converts mmdetection 2.x (detectors), mmpose 0.x (top-down pose) and mmsegmentation 0.x (PSPNet) checkpoints")
-# the family's task -> the conf/data option of the converted checkpoint's config
-DATA_BY_TASK = {"detection": "coco", "instance": "coco", "keypoints": "coco_keypoints", "semantic": "cityscapes"}
 
 
 def main(argv: list[str]) -> int:
@@ -41,9 +40,11 @@ def main(argv: list[str]) -> int:
         raise SystemExit(f"convert_mmdet.py: only teacher.* options may be given, got {extra}\n{USAGE}")
     overrides = ["scale=full", "train=teacher", f"teacher={pairs['model']}", *extra]
     family = get_family(str(compose_config(overrides).teacher.family), f"model={pairs['model']}: teacher")
-    if family.task not in DATA_BY_TASK:
-        raise SystemExit(f"convert_mmdet.py: model={pairs['model']} is a {family.task} model; no OpenMMLab source for it")
-    cfg = compose_config([*overrides, f"data={DATA_BY_TASK[family.task]}"])
+    try:
+        source = source_of(family)
+    except ComponentNotImplemented as err:
+        raise SystemExit(f"convert_mmdet.py: model={pairs['model']}: {err}") from err
+    cfg = compose_config([*overrides, f"data={source.data}"])
     record = convert_mmdet_checkpoint(paths[0], paths[1], OmegaConf.to_object(cfg))
     logging.info("wrote %s: %s with %d classes (from %s, %s)", paths[1], record["family"], record["num_classes"], paths[0],
                  record["converted_from"]["format"])

@@ -15,7 +15,7 @@ import hashlib
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 from dfd.data.cityscapes import CLASSES as CITYSCAPES_CLASSES
 from dfd.data.cityscapes import TRAIN_ID_TO_LABEL_ID
@@ -52,12 +52,20 @@ def _cityscapes_labels(classes: Classes, key: str) -> dict[int, int]:
     return dict(enumerate(TRAIN_ID_TO_LABEL_ID))
 
 
-# task -> (the checkpoint's format, its classes as {label: dataset category id})
-SOURCES: dict[str, tuple[str, Callable[[Classes, str], dict[int, int]]]] = {
-    "detection": ("mmdetection 2.x", _detection_labels),
-    "instance": ("mmdetection 2.x", _detection_labels),
-    "keypoints": ("mmpose 0.x", _person_labels),
-    "semantic": ("mmsegmentation 0.x", _cityscapes_labels),
+class Source(NamedTuple):
+    """Where a task's checkpoints come from: the library and version (``fmt``), the checkpoint's classes as
+    ``{label: dataset category id}`` (``labels``), and the conf/data option of the converted run's config."""
+
+    fmt: str
+    labels: Callable[[Classes, str], dict[int, int]]
+    data: str
+
+
+SOURCES: dict[str, Source] = {
+    "detection": Source("mmdetection 2.x", _detection_labels, "coco"),
+    "instance": Source("mmdetection 2.x", _detection_labels, "coco"),
+    "keypoints": Source("mmpose 0.x", _person_labels, "coco_keypoints"),
+    "semantic": Source("mmsegmentation 0.x", _cityscapes_labels, "cityscapes"),
 }
 
 
@@ -69,7 +77,7 @@ def _sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def _source(family: Any) -> tuple[str, Callable[[Classes, str], dict[int, int]]]:
+def source_of(family: Any) -> Source:
     if family.from_mmdet is None:
         raise ComponentNotImplemented(f"teacher.family={family.name!r}: converting OpenMMLab checkpoints is not written yet")
     if family.task not in SOURCES:
@@ -86,7 +94,7 @@ def convert_mmdet_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, cfg
     """
     options = cfg.teacher
     family = check_model(options, "teacher")
-    fmt, labels_of = _source(family)
+    fmt, labels_of, _ = source_of(family)
     library = fmt.split()[0]
     state, classes = read_openmmlab(src, "IN")
     labels = labels_of(classes, "IN")
