@@ -52,7 +52,9 @@ __all__ = [
 EMPTY = "—"
 SMOKE_WARNING = (
     "Smoke scale: these numbers come from small models trained briefly on synthetic data. "
-    "They show that the pipeline runs end to end and are NOT comparable with the paper's numbers."
+    "They show that the pipeline runs end to end and are NOT comparable with the paper's numbers. Nor do they rank "
+    "the methods: in the demo, a student trained as long as the teacher without distillation scores above the "
+    "distilled one (README, the demo)."
 )
 BASELINE_RULE = (
     "vs baseline: mean minus the baseline row's mean (Baseline above); \"within ±s: noise\" when |Δ| ≤ s = "
