@@ -82,3 +82,30 @@ def train_steps(model, batch, opt, steps: int, before_step=None) -> list[float]:
         opt.step()
         losses.append(loss.item())
     return losses
+
+
+def evaluate_on_cpu(model, dataset, task: str, batch_size: int = 4, amp=None) -> dict:
+    """``evaluate_model`` as the overfit tests run it: one CPU process, no workers, ``amp`` the autocast dtype."""
+    from dfd.engine.dist import DistInfo
+    from dfd.engine.evaluate import evaluate_model
+
+    return evaluate_model(model, dataset, task, batch_size=batch_size, num_workers=0, device=torch.device("cpu"),
+                          amp_dtype=amp, info=DistInfo())
+
+
+def crash_at(monkeypatch: pytest.MonkeyPatch, cfg, run_dir: Path, iteration: int) -> None:
+    """Run ``cfg`` in ``run_dir`` until a simulated Ctrl-C at step ``iteration`` (its periodic checkpoints stay)."""
+    from dfd.engine import train as train_mod
+    from dfd.engine.train import run_training
+
+    real = train_mod.step
+
+    def crashing(run, model, images, targets, i):
+        if i == iteration:
+            raise KeyboardInterrupt("simulated crash")
+        return real(run, model, images, targets, i)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_mod, "step", crashing)
+        with pytest.raises(KeyboardInterrupt):
+            run_training(cfg, run_dir)

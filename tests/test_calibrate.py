@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, compose_config
+from conftest import TINY, compose_config, crash_at
 
 from dfd.distill import DistillContext, FeatureDistillation
 from dfd.engine import train as train_mod
@@ -96,17 +96,7 @@ def test_a_resumed_run_keeps_the_gains_it_started_with(tmp_path: Path, teacher_c
     gain = straight["optimization"]["distill_gains"]["dfd"]
     assert 0 < gain != 1.0
 
-    real = train_mod.step
-
-    def crash_at_3(run, model, images, targets, iteration):
-        if iteration == 3:
-            raise KeyboardInterrupt("simulated crash")
-        return real(run, model, images, targets, iteration)
-
-    monkeypatch.setattr(train_mod, "step", crash_at_3)
-    with pytest.raises(KeyboardInterrupt):
-        run_training(compose_config(overrides), tmp_path / "resumed")
-    monkeypatch.setattr(train_mod, "step", real)
+    crash_at(monkeypatch, compose_config(overrides), tmp_path / "resumed", 3)
     calibrations = []
     monkeypatch.setattr(train_mod, "measure_terms", lambda *a, **k: calibrations.append(a) or real_measure(*a, **k))
     resumed = run_training(compose_config(overrides), tmp_path / "resumed")

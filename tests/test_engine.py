@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TINY, compose_config
+from conftest import REPO, TINY, compose_config, crash_at
 
 from dfd.data import DataError
 from dfd.engine import train as train_mod
@@ -79,19 +79,9 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path: Path, data_cache:
     run_training(compose_config(overrides), straight)
 
     resumed = tmp_path / "resumed"
-    real = train_mod.step
-
-    def crash_at_3(run, model, images, targets, iteration):
-        if iteration == 3:
-            raise KeyboardInterrupt("simulated crash")
-        return real(run, model, images, targets, iteration)
-
-    monkeypatch.setattr(train_mod, "step", crash_at_3)
-    with pytest.raises(KeyboardInterrupt):
-        run_training(compose_config(overrides), resumed)
+    crash_at(monkeypatch, compose_config(overrides), resumed, 3)
     assert torch.load(resumed / "checkpoints" / "last.pth", weights_only=True)["iteration"] == 2
     assert not (resumed / "metrics.json").exists()
-    monkeypatch.setattr(train_mod, "step", real)
     record = run_training(compose_config(overrides), resumed)
     assert record["timings"]["iterations_this_process"] == 2
     a = torch.load(straight / "checkpoints" / "last.pth", weights_only=True)["model"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONF, compose_config, train_steps
+from conftest import CONF, compose_config, evaluate_on_cpu, train_steps
 
 from dfd.distill import FeatureDistillation
 from dfd.engine.config import load_config
@@ -238,8 +238,6 @@ def test_every_family_overfits_a_few_images(option: str, tmp_path: Path) -> None
     """A family trains: on four synthetic images its loss falls and its AP on them rises; under bf16 autocast the
     trained model finds the same boxes (:func:`_same_detections_under_bf16`)."""
     from dfd.data import DataNeeds, build_datasets, collate
-    from dfd.engine.dist import DistInfo
-    from dfd.engine.evaluate import evaluate_model
 
     cfg = load_config(compose_config(["scale=smoke", f"student={option}", "distill=none"]))
     family = get_family(cfg.student.family)
@@ -252,8 +250,7 @@ def test_every_family_overfits_a_few_images(option: str, tmp_path: Path) -> None
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
 
     def evaluate(amp: torch.dtype | None = None) -> dict[str, float]:
-        return evaluate_model(model, train, family.task, batch_size=4, num_workers=0, device=torch.device("cpu"),
-                              amp_dtype=amp, info=DistInfo())
+        return evaluate_on_cpu(model, train, family.task, amp=amp)
 
     before = evaluate()["bbox/AP"]
     losses = train_steps(model, batch, opt, 60)

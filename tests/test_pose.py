@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import compose_config
+from conftest import compose_config, evaluate_on_cpu
 from PIL import Image
 
 from dfd.data import DataError, DataNeeds, build_datasets
@@ -28,8 +28,6 @@ from dfd.data.keypoints import (
 )
 from dfd.data.synthetic_keypoints import DETECTIONS, ensure_synthetic_keypoints
 from dfd.engine.config import load_config
-from dfd.engine.dist import DistInfo
-from dfd.engine.evaluate import evaluate_model
 from dfd.engine.evaluators import KeypointsEvaluator, oks_nms, rescore
 from dfd.models import build_model, get_family
 from dfd.models.simplebaseline import (
@@ -365,8 +363,7 @@ def test_evaluator_merges_shards_and_keeps_every_image(synthetic_root: Path) -> 
 
 def test_detected_boxes_path_evaluates_a_model(synthetic_root: Path) -> None:
     _, val = _pair(synthetic_root)
-    metrics = evaluate_model(_small_model(), val, "keypoints", batch_size=4, num_workers=0, device=torch.device("cpu"),
-                             amp_dtype=None, info=DistInfo())
+    metrics = evaluate_on_cpu(_small_model(), val, "keypoints")
     assert set(metrics) == set(KeypointsEvaluator.metrics) and metrics["keypoints/AP"] is not None
 
 

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, compose_config, train_steps
+from conftest import REPO, compose_config, evaluate_on_cpu, train_steps
 from PIL import Image
 
 from dfd.data import DATASETS, DataError, DataNeeds, build_datasets
@@ -369,8 +369,6 @@ def test_teacher_then_cwd_and_dfd_students_end_to_end(tmp_path: Path) -> None:
 def test_a_small_pspnet_overfits_a_few_images(tmp_path: Path) -> None:
     """The family trains: on a few synthetic street scenes its loss falls and its mIoU on them rises."""
     from dfd.data import collate
-    from dfd.engine.dist import DistInfo
-    from dfd.engine.evaluate import evaluate_model
     from dfd.models import build_model
 
     cfg = load_config(compose_config(["scale=smoke", "student=pspnet_r18", "data=synthetic_cityscapes", "distill=none"]))
@@ -383,8 +381,7 @@ def test_a_small_pspnet_overfits_a_few_images(tmp_path: Path) -> None:
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
 
     def miou() -> float:
-        return evaluate_model(model, val, "semantic", batch_size=4, num_workers=0, device=torch.device("cpu"),
-                              amp_dtype=None, info=DistInfo())["seg/mIoU"]
+        return evaluate_on_cpu(model, val, "semantic")["seg/mIoU"]
 
     before = miou()
     losses = train_steps(model, batch, opt, 60)

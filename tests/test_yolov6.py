@@ -11,14 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, train_steps
+from conftest import REPO, evaluate_on_cpu, train_steps
 from PIL import Image
 from torch import nn
 
 from dfd.data import DataError, DataNeeds, build_datasets, collate
 from dfd.data.yolo import YoloDataOptions, YoloDataset, letterbox, yolo_options
-from dfd.engine.dist import DistInfo
-from dfd.engine.evaluate import evaluate_model
 from dfd.models import OptionError, TaskModel, get_family
 from dfd.models.yolov6 import (
     RepVGGBlock,
@@ -398,8 +396,7 @@ def test_validation_maps_perfect_predictions_back_to_ap_100(tmp_path: Path) -> N
     image, target = val[2]  # 100x130 -> long side 160: 123x160, boxes scaled per axis
     assert tuple(image.shape) == (3, 123, 160) and target["size"].tolist() == [123, 160]
     assert target["orig_size"].tolist() == [100, 130]
-    metrics = evaluate_model(Oracle(), val, "detection", batch_size=2, num_workers=0, device=torch.device("cpu"),
-                             amp_dtype=None, info=DistInfo())
+    metrics = evaluate_on_cpu(Oracle(), val, "detection", batch_size=2)
     assert metrics["bbox/AP"] == pytest.approx(100.0)
 
 
@@ -414,8 +411,7 @@ def test_a_tiny_yolov6_overfits_a_few_images(tmp_path: Path) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
 
     def ap() -> float:
-        return evaluate_model(model, val, "detection", batch_size=4, num_workers=0, device=torch.device("cpu"),
-                              amp_dtype=None, info=DistInfo())["bbox/AP"]
+        return evaluate_on_cpu(model, val, "detection")["bbox/AP"]
 
     before = ap()
     losses = train_steps(model, batch, opt, 80, before_step=lambda i: model.set_epoch(0 if i < 25 else 1))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_config, train_steps
+from conftest import compose_config, evaluate_on_cpu, train_steps
 from omegaconf import OmegaConf
 
 from dfd.cli.convert_mmdet import main as convert_main
@@ -272,8 +272,6 @@ def test_a_small_simplebaseline_overfits_a_few_crops(tmp_path: Path) -> None:
     """On a few synthetic person crops its heatmap loss falls and its keypoint AP on them rises."""
     from dfd.data import DataNeeds, build_datasets, collate
     from dfd.data.synthetic_keypoints import ensure_synthetic_keypoints
-    from dfd.engine.dist import DistInfo
-    from dfd.engine.evaluate import evaluate_model
 
     root = ensure_synthetic_keypoints(tmp_path / "kp", seed=0, num_train=4, num_val=4, min_side=112, max_side=144)
     _, val = build_datasets("synthetic_keypoints", root, needs=DataNeeds(pipeline="topdown"),
@@ -286,8 +284,7 @@ def test_a_small_simplebaseline_overfits_a_few_crops(tmp_path: Path) -> None:
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
 
     def ap() -> float:
-        return evaluate_model(model, val, "keypoints", batch_size=16, num_workers=0, device=torch.device("cpu"),
-                              amp_dtype=None, info=DistInfo())["keypoints/AP"]
+        return evaluate_on_cpu(model, val, "keypoints", batch_size=16)["keypoints/AP"]
 
     before = ap()
     losses = train_steps(model, batch, opt, 100)
