@@ -62,6 +62,15 @@ def measure_terms(distiller: Distiller, loader: Iterable[tuple[Any, Any]], batch
     return values.pop("task"), values
 
 
+def method_totals(terms: Mapping[str, float]) -> dict[str, float]:
+    """``{"<method>/<term>": value}`` summed per method."""
+    totals: dict[str, float] = {}
+    for key, value in terms.items():
+        method = key.split("/", 1)[0]
+        totals[method] = totals.get(method, 0.0) + value
+    return totals
+
+
 def start_gains(task: float, terms: Mapping[str, float], ratio: float) -> dict[str, float]:
     """Each method's gain at the start of training:
 
@@ -70,8 +79,4 @@ def start_gains(task: float, terms: Mapping[str, float], ratio: float) -> dict[s
     with L_task the task loss, L_{m,t} the terms of method m as configured (every level summed) and r
     ``distill.start_ratio``. Multiplying method m's terms by g_m puts their sum at r · L_task. A method whose
     terms are all zero at the start keeps gain 1 (there is nothing to scale)."""
-    totals: dict[str, float] = {}
-    for key, value in terms.items():
-        method = key.split("/", 1)[0]
-        totals[method] = totals.get(method, 0.0) + value
-    return {m: (ratio * task / total if total > 0 else 1.0) for m, total in totals.items()}
+    return {m: (ratio * task / total if total > 0 else 1.0) for m, total in method_totals(terms).items()}

@@ -46,7 +46,7 @@ from dfd.rundir import (
 )
 
 from . import teachers
-from .calibrate import measure_terms, start_gains
+from .calibrate import measure_terms, method_totals, start_gains
 from .checkpoint import atomic_save, load_teacher, model_record, rng_state, set_rng_state
 from .config import Config, ConfigError, distill_levels, effective_lr, load_config, method_params, to_plain
 from .dist import DistInfo, barrier
@@ -242,9 +242,9 @@ def calibrate_distillation(run: Run) -> None:
                                     run.amp_dtype, run.info)
         gains = start_gains(task, terms, d.start_ratio)
         losses.set_gains(gains)
+        totals = method_totals(terms)
         log.info("distill.start_ratio=%g: task loss %.4g over %d batches; %s", d.start_ratio, task, d.calibration_batches,
-                 ", ".join(f"{m} terms {sum(v for k, v in terms.items() if k.startswith(m + '/')):.4g} -> gain {g:.3g}"
-                           for m, g in gains.items()))
+                 ", ".join(f"{m} terms {totals[m]:.4g} -> gain {g:.3g}" for m, g in gains.items()))
     run.optimization["distill_gains"] = {m: losses.gain_of(m) for m in losses.losses}
 
 
