@@ -17,7 +17,8 @@ when it finished or :data:`FAILED_FILE` when it failed, and :data:`LOCK_FILE` wh
 it. A row directory may hold :data:`NOT_IMPLEMENTED_FILE`.
 
 A run's identity is :func:`config_digest`: its resolved config without :data:`VOLATILE_KEYS`,
-with every path of :data:`PATH_KEYS` replaced by what it points to (:func:`path_identity`).
+with every path of :data:`PATH_KEYS` replaced by what it points to (:func:`path_identity`), renamed
+keys under their old names (:data:`RENAMED_KEYS`).
 """
 from __future__ import annotations
 
@@ -67,6 +68,7 @@ VOLATILE_KEYS = (
     "data.eval_batch_size", "data.verify_images",
     "distill.dfd.sparse_max_fraction",  # sparse or dense f_trans: the same loss (tests/test_distill_sparse.py)
     "trainer.compile_losses",  # compiled or eager losses: the same computation
+    "trainer.cpu_malloc",  # how freed host memory is kept: the same computation
 )
 # Config nodes only the runs of one data pipeline set (yolo, topdown, segmentation): null elsewhere, and left
 # out of the digest when null, so adding a pipeline changes no digest of the runs before it.
@@ -75,6 +77,16 @@ PIPELINE_KEYS = ("data.yolo", "data.keypoints", "data.segmentation")
 # of the digest of a run that does not distil, and of every run while the calibration is off, so adding it changed
 # no digest of the runs before it.
 CALIBRATION_KEYS = ("distill.start_ratio", "distill.calibration_batches")
+# Config keys renamed after runs were recorded under their old names (new name -> old name): the digest sees
+# the old name, so a renaming changes no run's identity. public.box_ap became public.metric when the pose and
+# segmentation teachers were pinned (their published metric is keypoint AP, mIoU).
+RENAMED_KEYS = {"teacher.public.metric": "teacher.public.box_ap", "student.public.metric": "student.public.box_ap"}
+# Families whose published checkpoint (<role>.public.*) was pinned after runs of them were recorded: the digest
+# sees their public.* as null, as it did then. A pin says where the published checkpoint is and what it scores;
+# it changes what a run computes only through teacher.checkpoint=auto, which is resolved to the converted file
+# (identified by its sha256, PATH_KEYS) before any digest is taken. Pins of the detection teachers were in the
+# digest from the start, and stay there.
+LATE_PINNED_FAMILIES = ("simplebaseline", "pspnet", "yolov6")
 # Config keys naming a file or directory: compared by what they point to, not by their spelling.
 PATH_KEYS = ("data.root", "teacher.checkpoint", "teacher.weights", "student.checkpoint", "student.weights")
 # data.kind values whose data is generated from the config: their data.root is only a cache location.
@@ -215,9 +227,18 @@ def result_config(config: Mapping[str, Any]) -> dict[str, Any]:
             if not any(k == p or k.startswith(p + ".") for p in VOLATILE_KEYS)}
 
 
+def _old_names(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """A flattened config with its renamed keys under their old names (:data:`RENAMED_KEYS`)."""
+    return {RENAMED_KEYS.get(k, k): v for k, v in flat.items()}
+
+
 def canonical_config(config: Mapping[str, Any], identities: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """:func:`result_config` with the paths of :data:`PATH_KEYS` replaced by :func:`path_identity`."""
-    flat = {k: v for k, v in result_config(config).items() if not (k in PIPELINE_KEYS and v is None)}
+    """:func:`result_config` under the old names of :data:`RENAMED_KEYS`, the public pins of
+    :data:`LATE_PINNED_FAMILIES` null, and the paths of :data:`PATH_KEYS` replaced by :func:`path_identity`."""
+    flat = {k: v for k, v in _old_names(result_config(config)).items() if not (k in PIPELINE_KEYS and v is None)}
+    for role in ("teacher", "student"):
+        if flat.get(f"{role}.family") in LATE_PINNED_FAMILIES:
+            flat.update({k: None for k in flat if k.startswith(f"{role}.public.")})
     if flat.get("distill.start_ratio") is None or flat.get("train.role") == "teacher" or not flat.get("distill.methods"):
         for key in CALIBRATION_KEYS:
             flat.pop(key, None)
@@ -237,16 +258,17 @@ def config_digest(config: Mapping[str, Any], identities: Mapping[str, str] | Non
 
 def config_diff(old: Mapping[str, Any], new: Mapping[str, Any], identities: Mapping[str, str] | None = None) -> list[str]:
     """``key: old -> new`` for every key of the digest that differs (paths by what they point to)."""
-    a, b = flatten(old), flatten(new)
+    a, b = _old_names(flatten(old)), _old_names(flatten(new))
     ca, cb = canonical_config(old, identities), canonical_config(new, identities)
+    new_names = {v: k for k, v in RENAMED_KEYS.items()}
     out = []
     for key in sorted(set(ca) | set(cb)):
         if ca.get(key) == cb.get(key):
             continue
         if a.get(key) == b.get(key):
-            out.append(f"{key}: {a.get(key)!r} (what it points to has changed)")
+            out.append(f"{new_names.get(key, key)}: {a.get(key)!r} (what it points to has changed)")
         else:
-            out.append(f"{key}: {a.get(key)!r} -> {b.get(key)!r}")
+            out.append(f"{new_names.get(key, key)}: {a.get(key)!r} -> {b.get(key)!r}")
     return out
 
 

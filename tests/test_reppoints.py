@@ -72,7 +72,7 @@ def test_defaults_are_mmdetections_gn_neck_head_config() -> None:
 def test_configs_give_the_papers_student_and_teacher() -> None:
     cfg = load_config(compose_config(["scale=full", *REPPOINTS, "distill=none", "teacher.checkpoint=auto"]), require_teacher=False)
     assert (cfg.student.backbone, cfg.student.backbone_weights, cfg.student.dcn_stages) == ("resnet50", "ResNet50_Weights.IMAGENET1K_V1", [])
-    assert (cfg.teacher.backbone, cfg.teacher.dcn_stages, cfg.teacher.public.box_ap) == ("resnext101_32x4d", [2, 3, 4], 44.2)
+    assert (cfg.teacher.backbone, cfg.teacher.dcn_stages, cfg.teacher.public.metric) == ("resnext101_32x4d", [2, 3, 4], 44.2)
     smoke = load_config(compose_config(["scale=smoke", *REPPOINTS, "distill=none"]), require_teacher=False)
     assert (smoke.student.backbone, smoke.teacher.backbone, smoke.student.fpn_channels, smoke.student.norm) == ("resnet18", "resnet34", 64, "bn")
     assert smoke.teacher.dcn_stages == [] and smoke.student.gn_groups == 32

@@ -25,7 +25,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import torch
 from torch import Tensor, nn
@@ -72,11 +72,22 @@ def _looks_like_path(value: str) -> bool:
 @dataclass
 class PublicCheckpoint:
     """A model's published checkpoint: its address, the sha256 prefix its file name carries
-    (mmdetection's ``<name>-<first 8 hex of the sha256>.pth``), and its published COCO box AP."""
+    (OpenMMLab's ``<name>-<first 8 hex of the sha256>.pth``; None where the name carries none), and
+    ``metric``: its published value of the task's primary metric (box AP for a detector, keypoint AP
+    for pose, mIoU for segmentation), in percent as the evaluators report it."""
 
     url: Optional[str] = None
     sha256: Optional[str] = None
-    box_ap: Optional[float] = None
+    metric: Optional[float] = None
+
+    # ``metric`` was ``box_ap`` before the pose and segmentation teachers were pinned: configs and
+    # checkpoints written then still name it so (dfd.rundir.RENAMED_KEYS keeps their digests).
+    OLD_NAMES: ClassVar[dict[str, str]] = {"box_ap": "metric"}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "PublicCheckpoint":
+        """From plain values, old names (:attr:`OLD_NAMES`) read as their new ones."""
+        return cls(**{cls.OLD_NAMES.get(k, k): v for k, v in values.items()})
 
 
 @dataclass
@@ -86,8 +97,8 @@ class ModelOptions:
     ``weights``: the whole model's weights, a torchvision weights name or a checkpoint file.
     ``checkpoint``: (teacher) the ``checkpoints/last.pth`` of a ``train=teacher`` run, a converted
     checkpoint, or ``auto``: the ``public`` checkpoint, fetched and converted.
-    ``verify``: (teacher) evaluate it before distilling; refuse it more than ``verify_tolerance`` AP
-    below ``public.box_ap``.
+    ``verify``: (teacher) evaluate it before distilling; refuse it more than ``verify_tolerance`` below
+    ``public.metric`` (in the task's primary metric).
     """
 
     family: str = ""
@@ -248,6 +259,11 @@ class Family:
         this family's (``scripts/convert_mmdet.py``; the library follows the task: mmdetection 2.x for
         detection and instance, mmpose 0.x for keypoints, mmsegmentation 0.x for semantic); None where
         not written yet.
+    mmdet_options: the options (``{name: value}``) a model must have to take the family's OpenMMLab
+        checkpoints where they are not its defaults (PSPNet: mmseg's ResNetV1c stem); ``teacher.checkpoint=auto``
+        asks for them before fetching anything.
+    convert_by_hand: where ``from_mmdet`` is None, how to turn the family's published checkpoint
+        (``public.url``) into weights by hand; ``teacher.checkpoint=auto`` refuses with it.
     """
 
     name: str
@@ -260,6 +276,8 @@ class Family:
     target_keys: tuple[str, ...] = ("boxes", "labels")
     pipeline: str = "detection"
     from_mmdet: Optional[Callable[[Mapping[str, Tensor], Any], dict[str, Tensor]]] = None
+    mmdet_options: Mapping[str, Any] = field(default_factory=dict)
+    convert_by_hand: Optional[str] = None
 
     def __post_init__(self) -> None:
         missing = [lvl for lvl in self.default_levels if lvl not in self.levels]
@@ -292,7 +310,7 @@ def options_from_dict(values: Mapping[str, Any], key: str = "model") -> Any:
     family = get_family(str(values.get("family")), key)
     values = dict(values)
     if isinstance(values.get("public"), Mapping):
-        values["public"] = PublicCheckpoint(**values["public"])
+        values["public"] = PublicCheckpoint.from_dict(values["public"])
     try:
         return family.options(**values)
     except TypeError as err:

@@ -344,4 +344,5 @@ FAMILY = register_family(Family(
     target_keys=("sem_seg",),
     pipeline="segmentation",
     from_mmdet=pspnet_from_mmseg,
+    mmdet_options={"stem": "v1c", "backbone_weights": None},  # mmseg's ResNetV1c; torchvision has no weights for it
 ))

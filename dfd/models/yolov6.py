@@ -489,4 +489,10 @@ FAMILY = register_family(Family(
     default_levels=YOLOV6_LEVELS,
     inherit_prefixes=("neck.", "detect."),
     pipeline="yolo",
+    convert_by_hand=(
+        "a YOLOv6 release file (yolov6s.pt) is a whole model pickled by meituan/YOLOv6, which only that repository's "
+        "code (tag 0.2.0) unpickles: with it importable, torch.save(dfd.models.yolov6.from_yolov6(torch.load(FILE, "
+        "map_location='cpu', weights_only=False)['model'].float().state_dict()), OUT), then give teacher.weights=OUT "
+        "instead of teacher.checkpoint"
+    ),
 ))
