@@ -4,6 +4,7 @@
     python scripts/bench_dfd_loss.py                      # RetinaNet P3-P7 of 1333x800, 256 channels, batch 2
     python scripts/bench_dfd_loss.py repeats=10 threads=2 transform=conv3x3
     python scripts/bench_dfd_loss.py sweep=1               # P3 only: sparse/dense against the region's size
+    python scripts/bench_dfd_loss.py malloc=default        # glibc's malloc as it comes (trainer.cpu_malloc)
 
 Both variants are the same :class:`~dfd.distill.DFDLoss` with the same weights: "dense" with
 ``sparse_max_fraction=0`` (f_trans over the whole map, then masked), "sparse" with the given
@@ -11,6 +12,8 @@ Both variants are the same :class:`~dfd.distill.DFDLoss` with the same weights: 
 ``repeats`` times after ``warmup`` rounds; each round gives one sparse/dense ratio, and the table
 shows the median and the spread (min-max) of the times and of the ratios. The loss values are
 compared (relative difference) so a speed-up can never come from computing something else.
+``malloc`` sets how the process keeps freed memory (``trainer.cpu_malloc``, default ``reuse``, as training
+does; a process setting, so the two are compared across runs).
 
 The maps are random but spatially smooth (a low-resolution random field upsampled, plus noise),
 as detector features are, so the high-disparity region is made of blobs, not of isolated pixels:
@@ -39,6 +42,7 @@ from dfd.distill import DFDLoss, disparity_map, region_mask  # noqa: E402
 from dfd.distill.constraint import masked_squared_error  # noqa: E402
 from dfd.distill.sparse import conv_stack, required_masks, sparse_region_error, sparse_work_fraction  # noqa: E402
 from dfd.distill.transform import build_transform  # noqa: E402
+from dfd.engine.cpu_malloc import CPU_MALLOC_MODES, set_cpu_malloc  # noqa: E402
 
 IMAGE_HW = (800, 1333)
 STRIDES = (8, 16, 32, 64, 128)
@@ -108,7 +112,7 @@ def full_scale(args: dict[str, str]) -> int:
     print(f"DFD loss forward+backward, P3-P7 of {IMAGE_HW[1]}x{IMAGE_HW[0]}, batch {n}, {c} channels, "
           f"maps varying over {args['scale']} input pixels, "
           f"hd={kw['hd']} ld={kw['ld']} transform={kw['transform']}; CPU, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}; {args['repeats']} interleaved rounds after {args['warmup']} warm-up")
+          f"torch {torch.__version__}; malloc={args['malloc']}; {args['repeats']} interleaved rounds after {args['warmup']} warm-up")
     print("| level | H x W | R_HD share | sparse work share | path |\n|---|---|---:|---:|---|")
     for s, m, (fs, ft), hw in zip(STRIDES, sparse, maps, shapes):
         stack = conv_stack(m.transform) if m.transform is not None else None
@@ -157,12 +161,15 @@ def sweep(args: dict[str, str]) -> int:
 def main(argv: list[str]) -> int:
     args = {"repeats": "5", "warmup": "1", "threads": "1", "batch": "2", "channels": "256", "transform": "generation",
             "hd": "tf", "ld": "mse", "sparse_max_fraction": "default", "sweep": "0",
-            "scale": "64"}
+            "scale": "64", "malloc": "reuse"}
     for arg in argv:
         key, sep, value = arg.partition("=")
         if not sep or key not in args:
             raise SystemExit(f"unknown argument {arg!r}; expected key=value with key in {', '.join(args)}")
         args[key] = value
+    if args["malloc"] not in CPU_MALLOC_MODES:
+        raise SystemExit(f"malloc={args['malloc']!r}: expected one of {', '.join(CPU_MALLOC_MODES)}")
+    set_cpu_malloc(args["malloc"], "malloc")
     if int(args["threads"]) > 0:
         torch.set_num_threads(int(args["threads"]))
     return sweep(args) if args["sweep"] == "1" else full_scale(args)

@@ -4,6 +4,7 @@
     python scripts/bench_step.py                                   # smoke sizes, CPU: floor, dfd, mse
     python scripts/bench_step.py scale=full methods=dfd,mgd,fgd,pkd iters=20   # on a GPU: 1333x800, X101 -> R50, bf16
     python scripts/bench_step.py scale=full methods=dfd,dfd@dense,dfd@dense@compiled   # DFD's options, measured
+    python scripts/bench_step.py trainer.cpu_malloc=default        # glibc's malloc as it comes (a process setting)
 
 Random images of the configured input size (data.max_size × data.min_size) and random boxes (for
 instance families, e.g. ``student=mask_rcnn_swin_t``, each box filled as its mask);
@@ -26,6 +27,7 @@ import torch  # noqa: E402
 
 from dfd.distill import FeatureDistillation  # noqa: E402
 from dfd.engine.config import Config, compose_config, distill_levels, load_config, method_params  # noqa: E402
+from dfd.engine.cpu_malloc import set_cpu_malloc  # noqa: E402
 from dfd.engine.dist import DistInfo, resolve_device  # noqa: E402
 from dfd.engine.distiller import Distiller, probe_channels  # noqa: E402
 from dfd.engine.setup import amp_dtype  # noqa: E402
@@ -131,6 +133,8 @@ def bench(cfg: Config, entries: list[str], iters: int, warmup: int, backend: str
     """Step times of every entry, interleaved: each round runs every entry once, in an order rotated every round
     (compiled entries compile in the warm-up rounds)."""
     device = resolve_device(cfg.trainer.device, DistInfo())
+    if device.type == "cpu":
+        set_cpu_malloc(cfg.trainer.cpu_malloc)
     amp = amp_dtype(cfg.trainer.amp, device)
     models = variants(cfg, entries, device, backend)
     batch_args = synthetic_batch(cfg, 80)
@@ -167,7 +171,7 @@ def main(argv: list[str]) -> int:
     entries = ["floor"] + [e for e in own["methods"].split(",") if e and e != "floor"]
     print(f"device: {name}; torch {torch.__version__}; input {cfg.data.max_size}x{cfg.data.min_size}, batch {cfg.data.batch_size}; "
           f"teacher {cfg.teacher.family} {getattr(cfg.teacher, 'backbone', '')}, student {cfg.student.family} "
-          f"{getattr(cfg.student, 'backbone', '')}; amp {cfg.trainer.amp}; {own['iters']} interleaved rounds after {own['warmup']}")
+          f"{getattr(cfg.student, 'backbone', '')}; amp {cfg.trainer.amp}; cpu_malloc {cfg.trainer.cpu_malloc}; {own['iters']} interleaved rounds after {own['warmup']}")
     print("floor: the student's step plus the teacher's forward, no loss; ratio: a step's time over the floor's in the "
           "same round; median [min–max] over the rounds")
     results = bench(cfg, entries, int(own["iters"]), int(own["warmup"]), own["compile_backend"])

@@ -100,6 +100,7 @@ def test_groups_combine(ckpt_file: Path, tmp_path: Path) -> None:
         ("schedule.optimizer=lamb", "schedule.optimizer='lamb'"),
         ("trainer.device=gpu", "trainer.device='gpu'"),
         ("trainer.amp=fp8", "trainer.amp='fp8'"),
+        ("trainer.cpu_malloc=jemalloc", "trainer.cpu_malloc='jemalloc'"),
         ("logger.mode=live", "logger.mode='live'"),
         ("student.backbone=resnet51", "student.backbone='resnet51'"),
         ("data.min_size=2000", "data.min_size=2000"),

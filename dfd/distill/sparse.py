@@ -100,17 +100,31 @@ def _rows(sets_mask: Tensor, pad: int) -> Tensor:
     return (nz[:, 0] * (h + 2 * pad) + nz[:, 1] + pad) * (w + 2 * pad) + nz[:, 2] + pad
 
 
-def _conv_at(layer: nn.Conv2d, grid: Tensor, rows: Tensor, width: int) -> Tensor:
-    """``layer`` evaluated at ``rows`` of ``grid`` [N·(H+2p)·(W+2p), C] (a padded map, channels last).
+def _patches(layer: nn.Conv2d, source: Tensor, rows: Tensor, width: int, lookup: Tensor | None) -> Tensor:
+    """The im2col of ``layer`` at ``rows`` of a padded map (row index r = (n·(H+2p) + y)·(W+2p) + x): [K, k·k·C].
 
-    out_r = b + W · vec(patch_r)   (an im2col of the rows asked for only)
+    ``source`` holds the map's rows, channels last: the whole padded map (``lookup`` None), or only the rows the
+    previous convolution produced followed by one zero row, with ``lookup`` giving each padded-map row's place
+    in it (the zero row for every row it did not produce: padding, or a position no output reads).
     """
     r = _radius(layer)
     d = torch.arange(-r, r + 1, device=rows.device)
     offsets = (d[:, None] * width + d[None, :]).reshape(-1)  # kernel order (ky, kx)
-    patches = grid.index_select(0, (rows[:, None] + offsets[None, :]).reshape(-1))
-    patches = patches.reshape(rows.shape[0], offsets.numel() * grid.shape[1])  # [K, k·k·C], channel fastest
+    index = (rows[:, None] + offsets[None, :]).reshape(-1)
+    if lookup is not None:
+        index = lookup[index]
+    return source.index_select(0, index).reshape(rows.shape[0], offsets.numel() * source.shape[1])  # channel fastest
+
+
+def _conv_at(layer: nn.Conv2d, patches: Tensor, channel_major: bool) -> Tensor:
+    """``layer`` at the positions of ``patches`` [K, k·k·C]: [K, C_out], or [C_out, K] when ``channel_major``.
+
+    out_r = b + W · vec(patch_r)
+    """
     weight = layer.weight.permute(0, 2, 3, 1).reshape(layer.out_channels, -1)
+    if channel_major:  # W · patchesᵀ: the transposition is the GEMM's, not a copy
+        out = weight @ patches.t()
+        return out if layer.bias is None else out + layer.bias[:, None]
     if layer.bias is None:
         return patches @ weight.t()
     return torch.addmm(layer.bias, patches, weight.t())
@@ -128,7 +142,10 @@ class _Rows(torch.autograd.Function):
     def forward(ctx, feat: Tensor, pad: int) -> Tensor:  # noqa: ANN001 (autograd's ctx)
         n, c, h, w = feat.shape
         ctx.pad, ctx.shape = pad, (n, c, h, w)
-        grid = feat.new_zeros(n, h + 2 * pad, w + 2 * pad, c)
+        grid = feat.new_empty(n, h + 2 * pad, w + 2 * pad, c)
+        if pad:
+            for border in (grid[:, :pad], grid[:, h + pad:], grid[:, pad:h + pad, :pad], grid[:, pad:h + pad, w + pad:]):
+                border.zero_()
         grid[:, pad:pad + h, pad:pad + w] = feat.permute(0, 2, 3, 1)
         return grid.reshape(-1, c)
 
@@ -136,9 +153,11 @@ class _Rows(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # noqa: ANN001
         n, c, h, w = ctx.shape
         p = ctx.pad
-        grad = grad.reshape(n, h + 2 * p, w + 2 * p, c)[:, p:p + h, p:p + w].reshape(n, h * w, c)
-        # one 2-D transpose per image: about twice as fast on a CPU as permute(0, 3, 1, 2).contiguous()
-        return torch.stack([g.t().contiguous() for g in grad]).reshape(n, c, h, w), None
+        grad = grad.reshape(n, h + 2 * p, w + 2 * p, c)[:, p:p + h, p:p + w]
+        out = grad.new_empty(n, c, h * w)
+        for plane, image in zip(out, grad):  # one 2-D transpose per image: about twice as fast on a CPU as a 4-D permute
+            plane.copy_(image.reshape(h * w, c).t())
+        return out.reshape(n, c, h, w), None
 
 
 def _grid(feat: Tensor, pad: int) -> Tensor:
@@ -147,27 +166,37 @@ def _grid(feat: Tensor, pad: int) -> Tensor:
 
 
 def sparse_transform(layers: Sequence[nn.Module], feat: Tensor, sets: Sequence[Tensor]) -> Tensor:
-    """f_trans(F) at the positions of ``sets[-1]`` only -> [K, C_out] (rows in ``nonzero`` order).
+    """f_trans(F) at the positions of ``sets[-1]`` only -> [C_out, K], channel-major (columns in ``nonzero`` order).
 
-    ``sets`` are :func:`required_masks` of the output region. Between convolutions the values
-    are put back into a zero map: the padding a dense convolution would add, and positions
-    the next convolution never reads.
+    ``sets`` are :func:`required_masks` of the output region. Each convolution after the first reads
+    only the rows the one before produced (plus one zero row for padding, through a lookup table):
+    :func:`required_masks` makes them all the rows it can read.
     """
     n, _, h, w = feat.shape
     pad = max(_radius(layer) for layer in layers)
     width = w + 2 * pad
-    grid, rows, values, i = _grid(feat, pad), None, None, 0  # conv_stack: at least one conv
+    convs = sum(isinstance(layer, nn.Conv2d) for layer in layers)
+    source, lookup, rows, values, i = _grid(feat, pad), None, None, None, 0
     for layer in layers:
         if isinstance(layer, nn.Conv2d):
-            if values is not None:  # scatter the previous conv's output into a zero map
-                grid = values.new_zeros(n * (h + 2 * pad) * width, values.shape[1]).index_copy(0, rows, values)
+            if values is not None:  # the previous conv's rows, then a zero row, and where each padded-map row is
+                source = F.pad(values, (0, 0, 0, 1))
+                lookup = torch.full((n * (h + 2 * pad) * width,), values.shape[0], dtype=torch.long, device=feat.device)
+                lookup[rows] = torch.arange(values.shape[0], device=feat.device)
             rows = _rows(sets[i], pad)
-            values, i = _conv_at(layer, grid, rows, width), i + 1
+            values, i = _conv_at(layer, _patches(layer, source, rows, width, lookup), channel_major=i == convs - 1), i + 1
         elif values is None:
-            grid = layer(grid)  # pointwise before the first conv: on the whole (padded) map
+            source = layer(source)  # pointwise before the first conv: on the whole (padded) map
         else:
             values = layer(values)
     return values
+
+
+def _columns(target: Tensor, region: Tensor) -> Tensor:
+    """``target`` [N, C, H, W] at the True positions of ``region`` [N, H, W]: [C, K] in ``nonzero`` order."""
+    n, c, h, w = target.shape
+    flat = region.reshape(n, h * w)
+    return torch.cat([t.reshape(c, h * w).index_select(1, m.nonzero()[:, 0]) for t, m in zip(target, flat)], dim=1)
 
 
 def sparse_region_error(layers: Sequence[nn.Module], target: Tensor, feat: Tensor, mask: Tensor, sets: Sequence[Tensor] | None = None) -> Tensor:
@@ -188,5 +217,4 @@ def sparse_region_error(layers: Sequence[nn.Module], target: Tensor, feat: Tenso
         sets = required_masks(layers, mask)
     region = mask.reshape(mask.shape[0], *mask.shape[-2:]).bool()
     pred = sparse_transform(layers, feat, sets)
-    t = target.permute(0, 2, 3, 1).reshape(-1, target.shape[1]).index_select(0, _rows(region, 0))
-    return (t.float() - pred.float()).pow(2).sum() / target.shape[0]
+    return (_columns(target, region).float() - pred.float()).pow(2).sum() / target.shape[0]

@@ -41,6 +41,7 @@ from dfd.distill import (
 from dfd.errors import ComponentNotImplemented
 from dfd.models import FAMILIES, Family, ModelOptions, OptionError, get_family, options_from_dict
 
+from .cpu_malloc import CPU_MALLOC_MODES
 from .optim import OPTIMIZERS, POLICIES
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -146,6 +147,7 @@ class TrainerConfig:
     sync_bn: bool = True  # BatchNorm -> SyncBatchNorm under torchrun on CUDA
     objective: Optional[str] = None  # the metric returned to a Hydra sweeper; None = the task's primary one
     compile_losses: bool = False  # torch.compile the distillation losses (a GPU speed option: docs/choices.md)
+    cpu_malloc: str = "reuse"  # reuse | default: freed host memory kept for the next step (dfd/engine/cpu_malloc.py)
 
 
 @dataclass
@@ -410,6 +412,7 @@ def _check_trainer(cfg: Config) -> None:
     if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
         _fail("trainer.device", dev, "expected auto, cpu, cuda or cuda:N")
     _choice("trainer.amp", t.amp, AMP_MODES)
+    _choice("trainer.cpu_malloc", t.cpu_malloc, CPU_MALLOC_MODES)
     if t.max_iters is not None:
         _positive("trainer.max_iters", t.max_iters)
     _positive("trainer.log_interval", t.log_interval)

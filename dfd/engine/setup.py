@@ -11,6 +11,7 @@ from dfd.data import DataNeeds, build_datasets
 from dfd.models import Family
 
 from .config import Config
+from .cpu_malloc import set_cpu_malloc
 from .dist import DistInfo, init_distributed, resolve_device
 
 
@@ -28,6 +29,8 @@ def setup_process(cfg: Config) -> tuple[DistInfo, torch.device]:
     device = resolve_device(cfg.trainer.device, info)
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
+    if device.type == "cpu":
+        set_cpu_malloc(cfg.trainer.cpu_malloc)
     torch.manual_seed(cfg.seed + info.rank)
     random.seed(cfg.seed + info.rank)
     return info, device
