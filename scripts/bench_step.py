@@ -135,7 +135,7 @@ def bench(cfg: Config, entries: list[str], iters: int, warmup: int, backend: str
     device = resolve_device(cfg.trainer.device, DistInfo())
     if device.type == "cpu":
         set_cpu_malloc(cfg.trainer.cpu_malloc)
-    amp = amp_dtype(cfg.trainer.amp, device)
+    amp = amp_dtype(cfg.trainer.amp, device, get_family(cfg.student.family))
     models = variants(cfg, entries, device, backend)
     batch_args = synthetic_batch(cfg, 80)
     times: dict[str, list[float]] = {e: [] for e in entries}

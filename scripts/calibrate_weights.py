@@ -48,7 +48,7 @@ def main(argv: list[str]) -> int:
     run = build_run(cfg, Path("."), info, device)
     sampler = EpochBatchSampler(len(run.train_set), cfg.data.batch_size, seed=cfg.seed, epoch=0)
     loader = DataLoader(run.train_set, batch_sampler=sampler, collate_fn=collate)
-    task, means = measure_terms(run.distiller, loader, batches, device, amp_dtype(cfg.trainer.amp, device), info)
+    task, means = measure_terms(run.distiller, loader, batches, device, amp_dtype(cfg.trainer.amp, device, run.family), info)
     print(f"task loss (mean of up to {batches} batches): {task:.4g}")
     print(f"{'term':<16}{'value':>12}{'÷ task':>10}   weight for value = task loss")
     for term, value in means.items():

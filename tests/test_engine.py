@@ -227,3 +227,19 @@ def test_compiled_losses_keep_their_state_dict_names(tmp_path: Path, teacher_che
     assert compiled.losses._compiled_call_impl is not None and eager.losses._compiled_call_impl is None
     assert list(compiled.state_dict()) == list(eager.state_dict())
     assert config_digest(to_plain(compiled_cfg)) == config_digest(to_plain(eager_cfg))
+
+
+def test_auto_precision_is_the_family_recipe() -> None:
+    """trainer.amp=auto: on CUDA the precision the family's public recipe trains in (OpenMMLab configs set no fp16;
+    YOLOv6's release trains under fp16 autocast), on the CPU fp32; bf16 only when asked for."""
+    from dfd.engine.config import AMP_MODES
+    from dfd.engine.setup import amp_dtype
+    from dfd.models import FAMILIES, get_family
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert amp_dtype("auto", cuda, get_family("retinanet")) is None
+    assert amp_dtype("auto", cuda, get_family("mask_rcnn_swin")) is None
+    assert amp_dtype("auto", cuda, get_family("yolov6")) is torch.float16
+    assert amp_dtype("auto", cpu, get_family("yolov6")) is None
+    assert amp_dtype("bf16", cuda, get_family("retinanet")) is torch.bfloat16
+    assert all(family.protocol_amp in AMP_MODES and family.protocol_amp != "auto" for family in FAMILIES.values())

@@ -136,7 +136,7 @@ class ScheduleConfig:
 @dataclass
 class TrainerConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: str = "auto"  # auto = bf16 on CUDA, off on CPU
+    amp: str = "auto"  # auto = the student family's public recipe on CUDA (fp32; YOLOv6 fp16), off on CPU; or bf16
     max_iters: Optional[int] = None  # cap on the run's iterations
     log_interval: int = 20
     checkpoint_interval: int = 1000  # iterations between periodic checkpoints

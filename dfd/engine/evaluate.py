@@ -88,7 +88,7 @@ def evaluate_checkpoint(path: str | os.PathLike, run_dir: str | os.PathLike, *, 
     model = build_model(without_pretrained(cfg.model), ckpt.get("num_classes") or val_set.num_classes, cfg.role)
     fit_state_dict(model, evaluated_state(ckpt, "checkpoint", repr(str(path))), "checkpoint", repr(str(path)))
     metrics = evaluate_model(model.to(device), val_set, family.task, batch_size=cfg.data.eval_batch_size,
-                             num_workers=cfg.data.num_workers, device=device, amp_dtype=amp_dtype(trainer.amp, device),
+                             num_workers=cfg.data.num_workers, device=device, amp_dtype=amp_dtype(trainer.amp, device, family),
                              info=info, progress=trainer.progress)
     record = {"status": "finished", "kind": "evaluation", "checkpoint": str(Path(path).resolve()), "metrics": metrics,
               "experiment": experiment_info(cfg), "config_digest": ckpt.get("config_digest"),

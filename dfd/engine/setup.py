@@ -15,10 +15,11 @@ from .cpu_malloc import set_cpu_malloc
 from .dist import DistInfo, init_distributed, resolve_device
 
 
-def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
-    """``trainer.amp``: auto = bf16 on CUDA and full precision on the CPU."""
+def amp_dtype(mode: str, device: torch.device, family: Family) -> torch.dtype | None:
+    """``trainer.amp``: auto = on CUDA the precision of ``family``'s public recipe (:attr:`Family.protocol_amp`:
+    fp32 for the OpenMMLab families, fp16 for YOLOv6), full precision on the CPU; bf16 is asked for by name."""
     if mode == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
+        mode = family.protocol_amp if device.type == "cuda" else "off"
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[mode]
 
 

@@ -113,10 +113,10 @@ def build_distiller(cfg: Config, num_classes: int, device: torch.device) -> Dist
 
 def verify_teacher(cfg: Config, teacher: nn.Module, val_set, info: DistInfo, device: torch.device) -> None:
     """``teacher.verify``: the teacher is evaluated before the first step and refused far below its published AP."""
-    task = get_family(cfg.teacher.family).task
-    metrics = evaluate_model(teacher, val_set, task, batch_size=cfg.data.eval_batch_size, num_workers=cfg.data.num_workers,
-                             device=device, amp_dtype=amp_dtype(cfg.trainer.amp, device), info=info)
-    teachers.verify(metrics, cfg.teacher, primary_metric(task))
+    family = get_family(cfg.teacher.family)
+    metrics = evaluate_model(teacher, val_set, family.task, batch_size=cfg.data.eval_batch_size, num_workers=cfg.data.num_workers,
+                             device=device, amp_dtype=amp_dtype(cfg.trainer.amp, device, family), info=info)
+    teachers.verify(metrics, cfg.teacher, primary_metric(family.task))
 
 
 def _used_levels(cfg: Config) -> list[str]:
@@ -135,7 +135,7 @@ def build_run(cfg: Config, run_dir: Path, info: DistInfo, device: torch.device, 
     if info.enabled and device.type == "cuda" and cfg.trainer.sync_bn:
         distiller.student = nn.SyncBatchNorm.convert_sync_batchnorm(distiller.student)
     plain = plain if plain is not None else to_plain(cfg)
-    return Run(cfg, run_dir, info, device, amp_dtype(cfg.trainer.amp, device), family, train_set, val_set,
+    return Run(cfg, run_dir, info, device, amp_dtype(cfg.trainer.amp, device, family), family, train_set, val_set,
                distiller, plain, config_digest(plain))
 
 

@@ -264,6 +264,9 @@ class Family:
         asks for them before fetching anything.
     convert_by_hand: where ``from_mmdet`` is None, how to turn the family's published checkpoint
         (``public.url``) into weights by hand; ``teacher.checkpoint=auto`` refuses with it.
+    protocol_amp: the precision its public recipe trains and tests in on a GPU, what ``trainer.amp=auto``
+        means there: ``off`` (fp32) for the OpenMMLab configs, which set no ``fp16``; ``fp16`` for YOLOv6's
+        release (autocast with a gradient scaler).
     """
 
     name: str
@@ -278,6 +281,7 @@ class Family:
     from_mmdet: Optional[Callable[[Mapping[str, Tensor], Any], dict[str, Tensor]]] = None
     mmdet_options: Mapping[str, Any] = field(default_factory=dict)
     convert_by_hand: Optional[str] = None
+    protocol_amp: str = "off"
 
     def __post_init__(self) -> None:
         missing = [lvl for lvl in self.default_levels if lvl not in self.levels]

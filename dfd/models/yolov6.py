@@ -489,6 +489,7 @@ FAMILY = register_family(Family(
     default_levels=YOLOV6_LEVELS,
     inherit_prefixes=("neck.", "detect."),
     pipeline="yolo",
+    protocol_amp="fp16",  # 0.2.0's yolov6/core/engine.py: amp.autocast(enabled=device != 'cpu') and amp.GradScaler
     convert_by_hand=(
         "a YOLOv6 release file (yolov6s.pt) is a whole model pickled by meituan/YOLOv6, which only that repository's "
         "code (tag 0.2.0) unpickles: with it importable, torch.save(dfd.models.yolov6.from_yolov6(torch.load(FILE, "
