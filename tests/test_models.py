@@ -263,7 +263,7 @@ def test_every_family_overfits_a_few_images(option: str, tmp_path: Path) -> None
     if family.protocol_amp == "fp16":  # trainer.amp=auto on CUDA for this family (YOLOv6's release trains so)
         _same_detections_under(model, batch, torch.float16)
     # One box crossing an IoU threshold moves AP by ~0.6 on these four images (YOLOv6: -0.63 with every box within
-    # 0.2 px of fp32's): the 0.1 bound is measured on the 64 validation images (docs/choices.md, "Mixed precision").
+    # 0.2 px of fp32's): the 0.1 bound is tested on 64 validation images (tests/test_mixed_precision.py).
     assert all(abs(bf16[k] - fp32[k]) <= 1.0 for k in ("bbox/AP", "bbox/AP75", "bbox/APs")), (fp32, bf16)
 
 
