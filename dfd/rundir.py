@@ -69,6 +69,7 @@ VOLATILE_KEYS = (
     "distill.dfd.sparse_max_fraction",  # sparse or dense f_trans: the same loss (tests/test_distill_sparse.py)
     "trainer.compile_losses",  # compiled or eager losses: the same computation
     "trainer.cpu_malloc",  # how freed host memory is kept: the same computation
+    "trainer.channels_last",  # the weights' memory layout: the same computation (float rounding aside, as threads)
 )
 # Config nodes only the runs of one data pipeline set (yolo, topdown, segmentation): null elsewhere, and left
 # out of the digest when null, so adding a pipeline changes no digest of the runs before it.

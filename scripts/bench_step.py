@@ -5,6 +5,7 @@
     python scripts/bench_step.py scale=full methods=dfd,mgd,fgd,pkd iters=20   # on a GPU: 1333x800, X101 -> R50, bf16
     python scripts/bench_step.py scale=full methods=dfd,dfd@dense,dfd@dense@compiled   # DFD's options, measured
     python scripts/bench_step.py trainer.cpu_malloc=default        # glibc's malloc as it comes (a process setting)
+    python scripts/bench_step.py trainer.channels_last=true        # both models' weights channels-last
 
 Random images of the configured input size (data.max_size × data.min_size) and random boxes (for
 instance families, e.g. ``student=mask_rcnn_swin_t``, each box filled as its mask);
@@ -30,7 +31,7 @@ from dfd.engine.config import Config, compose_config, distill_levels, load_confi
 from dfd.engine.cpu_malloc import set_cpu_malloc  # noqa: E402
 from dfd.engine.dist import DistInfo, resolve_device  # noqa: E402
 from dfd.engine.distiller import Distiller, probe_channels  # noqa: E402
-from dfd.engine.setup import amp_dtype  # noqa: E402
+from dfd.engine.setup import amp_dtype, memory_format  # noqa: E402
 from dfd.models import build_model, freeze, get_family, without_pretrained  # noqa: E402
 from dfd.models.two_stage import boxes_as_masks  # noqa: E402
 
@@ -98,8 +99,9 @@ def variants(cfg: Config, entries: list[str], device: torch.device,
     """One model and optimizer per entry ("floor", "none" or methods joined by "+", with @flags), sharing one
     student and teacher (speed does not depend on the weights)."""
     num_classes = 80
-    student = build_model(without_pretrained(cfg.student), num_classes, "student").to(device)
-    teacher = freeze(build_model(without_pretrained(cfg.teacher), num_classes, "teacher").to(device))
+    layout = memory_format(cfg)
+    student = build_model(without_pretrained(cfg.student), num_classes, "student").to(device, memory_format=layout)
+    teacher = freeze(build_model(without_pretrained(cfg.teacher), num_classes, "teacher").to(device, memory_format=layout))
     out = {}
     for entry in entries:
         if entry == "none":
@@ -171,7 +173,7 @@ def main(argv: list[str]) -> int:
     entries = ["floor"] + [e for e in own["methods"].split(",") if e and e != "floor"]
     print(f"device: {name}; torch {torch.__version__}; input {cfg.data.max_size}x{cfg.data.min_size}, batch {cfg.data.batch_size}; "
           f"teacher {cfg.teacher.family} {getattr(cfg.teacher, 'backbone', '')}, student {cfg.student.family} "
-          f"{getattr(cfg.student, 'backbone', '')}; amp {cfg.trainer.amp}; cpu_malloc {cfg.trainer.cpu_malloc}; {own['iters']} interleaved rounds after {own['warmup']}")
+          f"{getattr(cfg.student, 'backbone', '')}; amp {cfg.trainer.amp}; cpu_malloc {cfg.trainer.cpu_malloc}; channels_last {cfg.trainer.channels_last}; {own['iters']} interleaved rounds after {own['warmup']}")
     print("floor: the student's step plus the teacher's forward, no loss; ratio: a step's time over the floor's in the "
           "same round; median [min–max] over the rounds")
     results = bench(cfg, entries, int(own["iters"]), int(own["warmup"]), own["compile_backend"])

@@ -13,9 +13,9 @@ from conftest import REPO, TINY, compose_config, crash_at
 from dfd.data import DataError
 from dfd.engine import train as train_mod
 from dfd.engine.checkpoint import atomic_save
-from dfd.engine.config import ConfigError, to_plain
+from dfd.engine.config import ConfigError, load_config, to_plain
 from dfd.engine.train import run_training
-from dfd.models import WeightsError
+from dfd.models import WeightsError, get_family
 
 BBOX = ["bbox/AP", "bbox/AP50", "bbox/AP75", "bbox/APs", "bbox/APm", "bbox/APl"]
 
@@ -243,3 +243,55 @@ def test_auto_precision_is_the_family_recipe() -> None:
     assert amp_dtype("auto", cpu, get_family("yolov6")) is None
     assert amp_dtype("bf16", cuda, get_family("retinanet")) is torch.bfloat16
     assert all(family.protocol_amp in AMP_MODES and family.protocol_amp != "auto" for family in FAMILIES.values())
+
+
+@pytest.mark.parametrize("option", [o for o in ("retinanet_r18", "retinanet_r50", "faster_rcnn_r50", "reppoints_r50",
+                                              "mask_rcnn_swin_t", "yolov6_t")
+                                    if get_family(load_config(compose_config([f"student={o}"]), False).student.family).channels_last])
+def test_channels_last_computes_the_same_losses_and_gradients(option: str, tmp_path: Path) -> None:
+    """trainer.channels_last only changes the weights' layout (and so the activations'): the same losses and gradients,
+    for every family that allows it (Family.channels_last)."""
+    import copy
+
+    from dfd.data import DataNeeds, build_datasets, collate
+    from dfd.models import build_model
+
+    cfg = load_config(compose_config(["scale=smoke", f"student={option}", "distill=none"]))
+    family = get_family(cfg.student.family)
+    train, _ = build_datasets("synthetic", tmp_path, min_size=96, max_size=128, flip_prob=0.0, needs=DataNeeds(
+        pipeline=family.pipeline, target_keys=family.target_keys), synthetic={"num_train": 2, "num_val": 1})
+    torch.manual_seed(0)
+    model = build_model(cfg.student, train.num_classes, "student").train()
+    twin = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    assert twin.state_dict()[next(k for k, v in twin.state_dict().items() if v.dim() == 4)].is_contiguous(
+        memory_format=torch.channels_last)
+    images, targets = collate([train[i] for i in range(len(train))])
+    grads = []
+    for m in (model, twin):
+        torch.manual_seed(1)  # the same sampling of proposals and anchors in both
+        losses = m.train_step(m.prepare(images, targets, "cpu")).losses
+        sum(losses.values()).backward()
+        grads.append((losses, {n: p.grad for n, p in m.named_parameters() if p.grad is not None}))
+    (la, ga), (lb, gb) = grads
+    assert la.keys() == lb.keys() and all(torch.allclose(la[k], lb[k], rtol=1e-4, atol=1e-5) for k in la), (la, lb)
+    assert ga.keys() == gb.keys() and all(torch.allclose(ga[n], gb[n], rtol=1e-3, atol=1e-5) for n in ga)
+
+
+def test_channels_last_is_refused_for_an_unverified_family() -> None:
+    with pytest.raises(ConfigError, match="trainer.channels_last=True is invalid: not verified for the yolov6 family"):
+        load_config(compose_config(["student=yolov6_t", "distill=none", "trainer.channels_last=true"]))
+    load_config(compose_config(["student=retinanet_r18", "distill=none", "trainer.channels_last=true"]))
+
+
+@pytest.mark.slow
+def test_a_channels_last_run_trains_and_its_checkpoint_evaluates_either_way(tmp_path: Path, data_cache: Path) -> None:
+    from dfd.engine.config import TrainerConfig
+    from dfd.engine.evaluate import evaluate_checkpoint
+
+    run_training(compose_config([*TINY, "distill=none", "trainer.channels_last=true"]), tmp_path / "run")
+    ckpt = tmp_path / "run" / "checkpoints" / "last.pth"
+    metrics = [evaluate_checkpoint(ckpt, tmp_path / f"eval_{flag}", trainer=TrainerConfig(device="cpu", channels_last=flag,
+                                                                                        progress=False))["metrics"]
+               for flag in (True, False)]
+    assert metrics[0].keys() == metrics[1].keys()
+    assert all(abs(metrics[0][k] - metrics[1][k]) <= 0.5 for k in metrics[0] if k.startswith("bbox/")), metrics

@@ -148,6 +148,7 @@ class TrainerConfig:
     objective: Optional[str] = None  # the metric returned to a Hydra sweeper; None = the task's primary one
     compile_losses: bool = False  # torch.compile the distillation losses (a GPU speed option: docs/choices.md)
     cpu_malloc: str = "reuse"  # reuse | default: freed host memory kept for the next step (dfd/engine/cpu_malloc.py)
+    channels_last: bool = False  # weights, and so activations, channels-last (a speed option: docs/choices.md)
 
 
 @dataclass
@@ -424,6 +425,14 @@ def _check_trainer(cfg: Config) -> None:
     _positive("logger.init_timeout", cfg.logger.init_timeout)
 
 
+def _check_channels_last(cfg: Config) -> None:
+    models = [cfg.model] + ([cfg.teacher] if cfg.distilling else [])
+    for options in models:
+        if not get_family(options.family).channels_last:
+            _fail("trainer.channels_last", True, f"not verified for the {options.family} family (the families whose losses and "
+                  "gradients were checked equal under it: " + ", ".join(n for n, f in FAMILIES.items() if f.channels_last) + ")")
+
+
 def _check_teacher_given(cfg: Config) -> None:
     if not (cfg.teacher.checkpoint or cfg.teacher.weights):
         _fail("teacher.checkpoint", cfg.teacher.checkpoint,
@@ -453,6 +462,8 @@ def check(cfg: Config, require_teacher: bool = True) -> None:
                 _check_teacher_given(cfg)
     _check_schedule(cfg)
     _check_trainer(cfg)
+    if cfg.trainer.channels_last:
+        _check_channels_last(cfg)
     if cfg.experiment.row is not None and not str(cfg.experiment.row):
         _fail("experiment.row", cfg.experiment.row, "expected a row id")
 

@@ -21,7 +21,7 @@ from .config import Config, ConfigError, TrainerConfig, config_from_plain, load_
 from .dist import DistInfo
 from .evaluators import build_evaluators, finish, shard_indices
 from .runinfo import code_version, experiment_info, now
-from .setup import amp_dtype, datasets, setup_process
+from .setup import amp_dtype, datasets, memory_format, setup_process
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def evaluate_checkpoint(path: str | os.PathLike, run_dir: str | os.PathLike, *, 
     check_labels(ckpt, val_set, key)
     model = build_model(without_pretrained(cfg.model), ckpt.get("num_classes") or val_set.num_classes, cfg.role)
     fit_state_dict(model, evaluated_state(ckpt, "checkpoint", repr(str(path))), "checkpoint", repr(str(path)))
-    metrics = evaluate_model(model.to(device), val_set, family.task, batch_size=cfg.data.eval_batch_size,
+    metrics = evaluate_model(model.to(device, memory_format=memory_format(cfg)), val_set, family.task, batch_size=cfg.data.eval_batch_size,
                              num_workers=cfg.data.num_workers, device=device, amp_dtype=amp_dtype(trainer.amp, device, family),
                              info=info, progress=trainer.progress)
     record = {"status": "finished", "kind": "evaluation", "checkpoint": str(Path(path).resolve()), "metrics": metrics,

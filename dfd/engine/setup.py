@@ -23,6 +23,11 @@ def amp_dtype(mode: str, device: torch.device, family: Family) -> torch.dtype | 
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[mode]
 
 
+def memory_format(cfg: Config) -> torch.memory_format:
+    """``trainer.channels_last``: the layout of the models' 4-D weights (convolutions then produce that layout)."""
+    return torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
+
+
 def setup_process(cfg: Config) -> tuple[DistInfo, torch.device]:
     """Join torchrun's process group (if any), pick the device, seed this process."""
     wants_cuda = cfg.trainer.device.startswith("cuda") or (cfg.trainer.device == "auto" and torch.cuda.is_available())

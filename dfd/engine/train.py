@@ -56,7 +56,7 @@ from .evaluators import primary_metric
 from .logger import RunLogger
 from .optim import build_ema, build_optimizer, build_scheduler, current_lrs, param_groups
 from .runinfo import code_version, describe_model, experiment_info, metrics_table, now, run_label, write_failure, write_metrics
-from .setup import amp_dtype, datasets, setup_process
+from .setup import amp_dtype, datasets, memory_format, setup_process
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def _used_levels(cfg: Config) -> list[str]:
 def build_run(cfg: Config, run_dir: Path, info: DistInfo, device: torch.device, plain: dict[str, Any] | None = None) -> Run:
     family = get_family(cfg.model.family, cfg.role)
     train_set, val_set = datasets(cfg, family)
-    distiller = build_distiller(cfg, train_set.num_classes, device)
+    distiller = build_distiller(cfg, train_set.num_classes, device).to(memory_format=memory_format(cfg))
     if cfg.distilling and cfg.teacher.verify:
         verify_teacher(cfg, distiller.teacher, val_set, info, device)
     if info.enabled and device.type == "cuda" and cfg.trainer.sync_bn:

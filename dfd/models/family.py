@@ -264,6 +264,10 @@ class Family:
         asks for them before fetching anything.
     convert_by_hand: where ``from_mmdet`` is None, how to turn the family's published checkpoint
         (``public.url``) into weights by hand; ``teacher.checkpoint=auto`` refuses with it.
+    channels_last: whether ``trainer.channels_last`` (weights and activations channels-last) is allowed:
+        set where a test found the same losses and gradients (``tests/test_engine.py``). Not for every family:
+        with torch 2.14's CPU kernels YOLOv6's backward aborts under it ("double free or corruption"), and
+        two-stage losses move with the proposals a rounding difference reorders.
     protocol_amp: the precision its public recipe trains and tests in on a GPU, what ``trainer.amp=auto``
         means there: ``off`` (fp32) for the OpenMMLab configs, which set no ``fp16``; ``fp16`` for YOLOv6's
         release (autocast with a gradient scaler).
@@ -282,6 +286,7 @@ class Family:
     mmdet_options: Mapping[str, Any] = field(default_factory=dict)
     convert_by_hand: Optional[str] = None
     protocol_amp: str = "off"
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         missing = [lvl for lvl in self.default_levels if lvl not in self.levels]

@@ -267,4 +267,5 @@ FAMILY = register_family(Family(
     default_levels=RETINANET_LEVELS,
     inherit_prefixes=("backbone.fpn.", "head."),
     from_mmdet=retinanet_from_mmdet,
+    channels_last=True,  # tests/test_engine.py: the same losses and gradients
 ))
