@@ -266,8 +266,9 @@ class Family:
         (``public.url``) into weights by hand; ``teacher.checkpoint=auto`` refuses with it.
     channels_last: whether ``trainer.channels_last`` (weights and activations channels-last) is allowed:
         set where a test found the same losses and gradients (``tests/test_engine.py``). Not for every family:
-        with torch 2.14's CPU kernels YOLOv6's backward aborts under it ("double free or corruption"), and
-        two-stage losses move with the proposals a rounding difference reorders.
+        with torch 2.14.1 on the CPU, the backward of a 1×1 stride-2 convolution of 3 channels at 640×640
+        (YOLOv6's RepVGG stem) aborts under it in oneDNN ("free(): invalid next size"; fine with mkldnn off),
+        and two-stage losses move with the proposals a rounding difference reorders.
     protocol_amp: the precision its public recipe trains and tests in on a GPU, what ``trainer.amp=auto``
         means there: ``off`` (fp32) for the OpenMMLab configs, which set no ``fp16``; ``fp16`` for YOLOv6's
         release (autocast with a gradient scaler).
