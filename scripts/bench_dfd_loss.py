@@ -5,6 +5,7 @@
     python scripts/bench_dfd_loss.py repeats=10 threads=2 transform=conv3x3
     python scripts/bench_dfd_loss.py sweep=1               # P3 only: sparse/dense against the region's size
     python scripts/bench_dfd_loss.py malloc=default        # glibc's malloc as it comes (trainer.cpu_malloc)
+    python scripts/bench_dfd_loss.py channels_last=1       # maps and f_trans channels-last (trainer.channels_last)
 
 Both variants are the same :class:`~dfd.distill.DFDLoss` with the same weights: "dense" with
 ``sparse_max_fraction=0`` (f_trans over the whole map, then masked), "sparse" with the given
@@ -86,12 +87,15 @@ def full_scale(args: dict[str, str]) -> int:
     n, c = int(args["batch"]), int(args["channels"])
     g = torch.Generator().manual_seed(0)
     shapes = [(math.ceil(IMAGE_HW[0] / s), math.ceil(IMAGE_HW[1] / s)) for s in STRIDES]
-    maps = [level_maps(n, c, hw, max(1.0, float(args["scale"]) / s), g) for hw, s in zip(shapes, STRIDES)]
+    layout = torch.channels_last if args["channels_last"] == "1" else torch.contiguous_format
+    maps = [tuple(m.contiguous(memory_format=layout) for m in level_maps(n, c, hw, max(1.0, float(args["scale"]) / s), g))
+            for hw, s in zip(shapes, STRIDES)]
     feats = [s.requires_grad_() for s, _ in maps]
     kw = {"transform": args["transform"], "hd": args["hd"], "ld": args["ld"]}
-    dense = [DFDLoss(c, c, sparse_max_fraction=0.0, **kw) for _ in shapes]
+    torch.manual_seed(0)  # f_trans's initial weights: the same loss values from run to run
+    dense = [DFDLoss(c, c, sparse_max_fraction=0.0, **kw).to(memory_format=layout) for _ in shapes]
     sparse_kw = {} if args["sparse_max_fraction"] == "default" else {"sparse_max_fraction": float(args["sparse_max_fraction"])}
-    sparse = [DFDLoss(c, c, **sparse_kw, **kw) for _ in shapes]
+    sparse = [DFDLoss(c, c, **sparse_kw, **kw).to(memory_format=layout) for _ in shapes]
     for d, s in zip(dense, sparse):
         s.load_state_dict(d.state_dict())
     values: dict[str, float] = {}
@@ -112,7 +116,7 @@ def full_scale(args: dict[str, str]) -> int:
     print(f"DFD loss forward+backward, P3-P7 of {IMAGE_HW[1]}x{IMAGE_HW[0]}, batch {n}, {c} channels, "
           f"maps varying over {args['scale']} input pixels, "
           f"hd={kw['hd']} ld={kw['ld']} transform={kw['transform']}; CPU, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}; malloc={args['malloc']}; {args['repeats']} interleaved rounds after {args['warmup']} warm-up")
+          f"torch {torch.__version__}; malloc={args['malloc']}; channels_last={args['channels_last']}; {args['repeats']} interleaved rounds after {args['warmup']} warm-up")
     print("| level | H x W | R_HD share | sparse work share | path |\n|---|---|---:|---:|---|")
     for s, m, (fs, ft), hw in zip(STRIDES, sparse, maps, shapes):
         stack = conv_stack(m.transform) if m.transform is not None else None
@@ -161,7 +165,7 @@ def sweep(args: dict[str, str]) -> int:
 def main(argv: list[str]) -> int:
     args = {"repeats": "5", "warmup": "1", "threads": "1", "batch": "2", "channels": "256", "transform": "generation",
             "hd": "tf", "ld": "mse", "sparse_max_fraction": "default", "sweep": "0",
-            "scale": "64", "malloc": "reuse"}
+            "scale": "64", "malloc": "reuse", "channels_last": "0"}
     for arg in argv:
         key, sep, value = arg.partition("=")
         if not sep or key not in args:
