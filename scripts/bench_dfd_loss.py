@@ -6,6 +6,7 @@
     python scripts/bench_dfd_loss.py sweep=1               # P3 only: sparse/dense against the region's size
     python scripts/bench_dfd_loss.py malloc=default        # glibc's malloc as it comes (trainer.cpu_malloc)
     python scripts/bench_dfd_loss.py channels_last=1       # maps and f_trans channels-last (trainer.channels_last)
+    python scripts/bench_dfd_loss.py compile=1             # also the dense loss compiled (trainer.compile_losses)
 
 Both variants are the same :class:`~dfd.distill.DFDLoss` with the same weights: "dense" with
 ``sparse_max_fraction=0`` (f_trans over the whole map, then masked), "sparse" with the given
@@ -83,6 +84,25 @@ def spread(values: list[float], fmt: str = "{:.3f}") -> str:
     return f"{fmt.format(statistics.median(values))} [{fmt.format(min(values))}–{fmt.format(max(values))}]"
 
 
+def _losses(args: dict[str, str], c: int, levels: int, layout: torch.memory_format) -> dict[str, list[DFDLoss]]:
+    """The variants timed, one DFDLoss per level each, all with the same weights: dense, sparse and, with
+    ``compile=1``, dense compiled in place (``trainer.compile_losses``)."""
+    kw = {"transform": args["transform"], "hd": args["hd"], "ld": args["ld"]}
+    torch.manual_seed(0)  # f_trans's initial weights: the same loss values from run to run
+    sparse_kw = {} if args["sparse_max_fraction"] == "default" else {"sparse_max_fraction": float(args["sparse_max_fraction"])}
+    variants = {"dense": [DFDLoss(c, c, sparse_max_fraction=0.0, **kw) for _ in range(levels)],
+                "sparse": [DFDLoss(c, c, **sparse_kw, **kw) for _ in range(levels)]}
+    if args["compile"] == "1":
+        variants["dense compiled"] = [DFDLoss(c, c, sparse_max_fraction=0.0, **kw) for _ in range(levels)]
+    for name, losses in variants.items():
+        for m, ref in zip(losses, variants["dense"]):
+            m.load_state_dict(ref.state_dict())
+            m.to(memory_format=layout)
+            if name == "dense compiled":
+                m.compile()
+    return variants
+
+
 def full_scale(args: dict[str, str]) -> int:
     n, c = int(args["batch"]), int(args["channels"])
     g = torch.Generator().manual_seed(0)
@@ -91,13 +111,7 @@ def full_scale(args: dict[str, str]) -> int:
     maps = [tuple(m.contiguous(memory_format=layout) for m in level_maps(n, c, hw, max(1.0, float(args["scale"]) / s), g))
             for hw, s in zip(shapes, STRIDES)]
     feats = [s.requires_grad_() for s, _ in maps]
-    kw = {"transform": args["transform"], "hd": args["hd"], "ld": args["ld"]}
-    torch.manual_seed(0)  # f_trans's initial weights: the same loss values from run to run
-    dense = [DFDLoss(c, c, sparse_max_fraction=0.0, **kw).to(memory_format=layout) for _ in shapes]
-    sparse_kw = {} if args["sparse_max_fraction"] == "default" else {"sparse_max_fraction": float(args["sparse_max_fraction"])}
-    sparse = [DFDLoss(c, c, **sparse_kw, **kw).to(memory_format=layout) for _ in shapes]
-    for d, s in zip(dense, sparse):
-        s.load_state_dict(d.state_dict())
+    variants = _losses(args, c, len(shapes), layout)
     values: dict[str, float] = {}
 
     def step(losses: list[DFDLoss], name: str) -> Callable[[], None]:
@@ -111,23 +125,31 @@ def full_scale(args: dict[str, str]) -> int:
             values[name] = float(total.detach())
         return run
 
-    times = interleaved({"dense": step(dense, "dense"), "sparse": step(sparse, "sparse")}, int(args["repeats"]), int(args["warmup"]))
-    ratios = [s / d for s, d in zip(times["sparse"], times["dense"])]
+    times = interleaved({name: step(losses, name) for name, losses in variants.items()}, int(args["repeats"]), int(args["warmup"]))
     print(f"DFD loss forward+backward, P3-P7 of {IMAGE_HW[1]}x{IMAGE_HW[0]}, batch {n}, {c} channels, "
           f"maps varying over {args['scale']} input pixels, "
-          f"hd={kw['hd']} ld={kw['ld']} transform={kw['transform']}; CPU, {torch.get_num_threads()} threads, "
+          f"hd={args['hd']} ld={args['ld']} transform={args['transform']}; CPU, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}; malloc={args['malloc']}; channels_last={args['channels_last']}; {args['repeats']} interleaved rounds after {args['warmup']} warm-up")
     print("| level | H x W | R_HD share | sparse work share | path |\n|---|---|---:|---:|---|")
-    for s, m, (fs, ft), hw in zip(STRIDES, sparse, maps, shapes):
+    for s, m, (fs, ft), hw in zip(STRIDES, variants["sparse"], maps, shapes):
         stack = conv_stack(m.transform) if m.transform is not None else None
         mask = region_mask(disparity_map(fs.detach(), ft, m.temperature), m.threshold)
         work = float(sparse_work_fraction(stack, required_masks(stack, mask))) if stack else float("nan")
         print(f"| P{int(math.log2(s))} | {hw[0]}x{hw[1]} | {float(m.hd_fraction):.3f} | {work:.3f} | {m.last_path} |")
-    rel = abs(values["sparse"] - values["dense"]) / max(abs(values["dense"]), 1e-30)
-    print(f"\n| variant | time (s), median [min–max] |\n|---|---:|\n| dense | {spread(times['dense'])} |\n"
-          f"| sparse | {spread(times['sparse'])} |\n| sparse / dense | {spread(ratios)} |")
-    print(f"loss: dense {values['dense']:.6g}, sparse {values['sparse']:.6g} (relative difference {rel:.1e})")
+    _report(times, values)
     return 0
+
+
+def _report(times: dict[str, list[float]], values: dict[str, float]) -> None:
+    """Each variant's time, each one's ratio to dense in the same round, and the loss values."""
+    print("\n| variant | time (s), median [min–max] |\n|---|---:|")
+    for name, ts in times.items():
+        print(f"| {name} | {spread(ts)} |")
+    for name, ts in times.items():
+        if name != "dense":
+            print(f"| {name} / dense | {spread([t / d for t, d in zip(ts, times['dense'])])} |")
+    rel = max(abs(v - values["dense"]) for v in values.values()) / max(abs(values["dense"]), 1e-30)
+    print("loss: " + ", ".join(f"{name} {v:.6g}" for name, v in values.items()) + f" (largest relative difference {rel:.1e})")
 
 
 def sweep(args: dict[str, str]) -> int:
@@ -165,7 +187,7 @@ def sweep(args: dict[str, str]) -> int:
 def main(argv: list[str]) -> int:
     args = {"repeats": "5", "warmup": "1", "threads": "1", "batch": "2", "channels": "256", "transform": "generation",
             "hd": "tf", "ld": "mse", "sparse_max_fraction": "default", "sweep": "0",
-            "scale": "64", "malloc": "reuse", "channels_last": "0"}
+            "scale": "64", "malloc": "reuse", "channels_last": "0", "compile": "0"}
     for arg in argv:
         key, sep, value = arg.partition("=")
         if not sep or key not in args:

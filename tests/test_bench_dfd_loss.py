@@ -36,3 +36,15 @@ def test_bench_dfd_loss_dense_only(arg: str) -> None:
                           capture_output=True, text=True, timeout=120, env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| sparse |" not in proc.stdout.split("| level |")[1].split("| variant |")[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arg", ["compile=1", "channels_last=1"])
+def test_bench_dfd_loss_options_compute_the_same_loss(arg: str) -> None:
+    proc = subprocess.run([sys.executable, SCRIPT, arg, "channels=4", "batch=1", "repeats=1", "warmup=0"],
+                          capture_output=True, text=True, timeout=300, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    if arg == "compile=1":
+        assert "| dense compiled / dense |" in proc.stdout
+    rel = float(proc.stdout.split("relative difference ")[1].split(")")[0])
+    assert rel < 1e-4
