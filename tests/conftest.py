@@ -9,6 +9,7 @@ import torch
 
 from dfd.engine.config import CONF_DIR, compose_config, register_configs
 from dfd.engine.rows import register_rows
+from dfd.models import FAMILIES
 from dfd.results.spec import load_all_specs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,6 +31,21 @@ def data_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
         os.environ.pop("DFD_CACHE", None)
     else:
         os.environ["DFD_CACHE"] = old
+
+
+DETECTION_TASKS = ("detection", "instance")
+
+
+def detector_options(role: str) -> dict[str, str]:
+    """Every conf/<role>/ option of a registered detector family, ``{option: family}``, in file order (read from
+    the options' defaults lists, without composing them)."""
+    options: dict[str, str] = {}
+    for path in sorted((CONF / role).glob("*.yaml")):
+        text = path.read_text()
+        for name, family in FAMILIES.items():
+            if f"/family/{name}@_here_" in text and family.task in DETECTION_TASKS:
+                options[path.stem] = name
+    return options
 
 
 TINY = [

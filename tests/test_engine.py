@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TINY, compose_config, crash_at
+from conftest import REPO, TINY, compose_config, crash_at, detector_options
 
 from dfd.data import DataError
 from dfd.engine import train as train_mod
@@ -245,9 +245,7 @@ def test_auto_precision_is_the_family_recipe() -> None:
     assert all(family.protocol_amp in AMP_MODES and family.protocol_amp != "auto" for family in FAMILIES.values())
 
 
-@pytest.mark.parametrize("option", [o for o in ("retinanet_r18", "retinanet_r50", "faster_rcnn_r50", "reppoints_r50",
-                                              "mask_rcnn_swin_t", "yolov6_t")
-                                    if get_family(load_config(compose_config([f"student={o}"]), False).student.family).channels_last])
+@pytest.mark.parametrize("option", [o for o, family in detector_options("student").items() if get_family(family).channels_last])
 def test_channels_last_computes_the_same_losses_and_gradients(option: str, tmp_path: Path) -> None:
     """trainer.channels_last only changes the weights' layout (and so the activations'): the same losses and gradients,
     for every family that allows it (Family.channels_last)."""

@@ -6,14 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONF, compose_config, evaluate_on_cpu, train_steps
+from conftest import compose_config, detector_options, evaluate_on_cpu, train_steps
 
 from dfd.distill import FeatureDistillation
 from dfd.engine.config import load_config
 from dfd.engine.distiller import Distiller, probe_channels
 from dfd.models import (
     BACKBONES,
-    FAMILIES,
     ComponentNotImplemented,
     Family,
     InputSpec,
@@ -50,19 +49,13 @@ def _family_data(family: Family):
     return _data(masks="masks" in family.target_keys)
 
 
-DETECTION_TASKS = ("detection", "instance")
-
-
 def _implemented_options(role: str) -> list[str]:
     """One conf/<role>/ option per registered detector family: every detector gets the contract tests below (box
     targets and box predictions; the pose and segmentation families have theirs in tests/test_pose.py and
     tests/test_segmentation.py)."""
     chosen: dict[str, str] = {}
-    for path in sorted((CONF / role).glob("*.yaml")):
-        text = path.read_text()
-        for name, family in FAMILIES.items():
-            if f"/family/{name}@_here_" in text and family.task in DETECTION_TASKS:
-                chosen.setdefault(name, path.stem)
+    for option, family in detector_options(role).items():
+        chosen.setdefault(family, option)
     return sorted(chosen.values())
 
 
