@@ -2,7 +2,7 @@
 """Training-step time and peak memory of a student with each distillation method.
 
     python scripts/bench_step.py                                   # smoke sizes, CPU: floor, dfd, mse
-    python scripts/bench_step.py scale=full methods=dfd,mgd,fgd,pkd iters=20   # on a GPU: 1333x800, X101 -> R50, bf16
+    python scripts/bench_step.py scale=full methods=dfd,mgd,fgd,pkd iters=20   # on a GPU: 1333x800, X101 -> R50, fp32
     python scripts/bench_step.py scale=full methods=dfd,dfd@dense,dfd@dense@compiled   # DFD's options, measured
     python scripts/bench_step.py trainer.cpu_malloc=default        # glibc's malloc as it comes (a process setting)
     python scripts/bench_step.py trainer.channels_last=true        # both models' weights channels-last
@@ -28,10 +28,8 @@ import torch  # noqa: E402
 
 from dfd.distill import FeatureDistillation  # noqa: E402
 from dfd.engine.config import Config, compose_config, distill_levels, load_config, method_params  # noqa: E402
-from dfd.engine.cpu_malloc import set_cpu_malloc  # noqa: E402
-from dfd.engine.dist import DistInfo, resolve_device  # noqa: E402
 from dfd.engine.distiller import Distiller, probe_channels  # noqa: E402
-from dfd.engine.setup import amp_dtype, memory_format  # noqa: E402
+from dfd.engine.setup import amp_dtype, memory_format, setup_process  # noqa: E402
 from dfd.models import build_model, freeze, get_family, without_pretrained  # noqa: E402
 from dfd.models.two_stage import boxes_as_masks  # noqa: E402
 
@@ -131,12 +129,10 @@ def step_time(model: torch.nn.Module, opt: torch.optim.Optimizer, batch_args: tu
     return time.perf_counter() - t
 
 
-def bench(cfg: Config, entries: list[str], iters: int, warmup: int, backend: str = "inductor") -> dict[str, dict[str, object]]:
-    """Step times of every entry, interleaved: each round runs every entry once, in an order rotated every round
-    (compiled entries compile in the warm-up rounds)."""
-    device = resolve_device(cfg.trainer.device, DistInfo())
-    if device.type == "cpu":
-        set_cpu_malloc(cfg.trainer.cpu_malloc)
+def bench(cfg: Config, entries: list[str], iters: int, warmup: int, device: torch.device,
+          backend: str = "inductor") -> dict[str, dict[str, object]]:
+    """Step times of every entry on ``device`` (set up by :func:`setup_process`), interleaved: each round runs every
+    entry once, in an order rotated every round (compiled entries compile in the warm-up rounds)."""
     amp = amp_dtype(cfg.trainer.amp, device, get_family(cfg.student.family))
     models = variants(cfg, entries, device, backend)
     batch_args = synthetic_batch(cfg, 80)
@@ -168,15 +164,15 @@ def main(argv: list[str]) -> int:
         else:
             overrides.append(arg)
     cfg = load_config(compose_config(overrides), require_teacher=False)
-    dev = "cuda" if torch.cuda.is_available() and cfg.trainer.device != "cpu" else "cpu"
-    name = torch.cuda.get_device_name() if dev == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    _, device = setup_process(cfg)  # as a run: trainer.device, .threads, .cpu_malloc, the seed
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     entries = ["floor"] + [e for e in own["methods"].split(",") if e and e != "floor"]
     print(f"device: {name}; torch {torch.__version__}; input {cfg.data.max_size}x{cfg.data.min_size}, batch {cfg.data.batch_size}; "
           f"teacher {cfg.teacher.family} {getattr(cfg.teacher, 'backbone', '')}, student {cfg.student.family} "
           f"{getattr(cfg.student, 'backbone', '')}; amp {cfg.trainer.amp}; cpu_malloc {cfg.trainer.cpu_malloc}; channels_last {cfg.trainer.channels_last}; {own['iters']} interleaved rounds after {own['warmup']}")
     print("floor: the student's step plus the teacher's forward, no loss; ratio: a step's time over the floor's in the "
           "same round; median [min–max] over the rounds")
-    results = bench(cfg, entries, int(own["iters"]), int(own["warmup"]), own["compile_backend"])
+    results = bench(cfg, entries, int(own["iters"]), int(own["warmup"]), device, own["compile_backend"])
     floor = results["floor"]["times"]
     print("| methods | step (s) | ratio to floor | peak GPU memory (GiB) |\n|---|---:|---:|---:|")
     for e in entries:
