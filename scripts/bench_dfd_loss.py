@@ -7,6 +7,7 @@
     python scripts/bench_dfd_loss.py malloc=default        # glibc's malloc as it comes (trainer.cpu_malloc)
     python scripts/bench_dfd_loss.py channels_last=1       # maps and f_trans channels-last (trainer.channels_last)
     python scripts/bench_dfd_loss.py compile=1             # also the dense loss compiled (trainer.compile_losses)
+    python scripts/bench_dfd_loss.py bound=1               # also the sparse path's matrix products alone
 
 Both variants are the same :class:`~dfd.distill.DFDLoss` with the same weights: "dense" with
 ``sparse_max_fraction=0`` (f_trans over the whole map, then masked), "sparse" with the given
@@ -14,6 +15,10 @@ Both variants are the same :class:`~dfd.distill.DFDLoss` with the same weights: 
 ``repeats`` times after ``warmup`` rounds; each round gives one sparse/dense ratio, and the table
 shows the median and the spread (min-max) of the times and of the ratios. The loss values are
 compared (relative difference) so a speed-up can never come from computing something else.
+``bound=1`` adds a row that runs only the matrix products of the sparse path (forward and both
+backward products of each convolution, at the same shapes and in the same orientation, on inputs made
+ahead: no gather, no scatter, no attention, no L_LD): what any im2col evaluation of the sparse
+f_trans costs at least, as a ratio to dense in the same rounds.
 ``malloc`` sets how the process keeps freed memory (``trainer.cpu_malloc``, default ``reuse``, as training
 does; a process setting, so the two are compared across runs).
 
@@ -125,7 +130,10 @@ def full_scale(args: dict[str, str]) -> int:
             values[name] = float(total.detach())
         return run
 
-    times = interleaved({name: step(losses, name) for name, losses in variants.items()}, int(args["repeats"]), int(args["warmup"]))
+    fns = {name: step(losses, name) for name, losses in variants.items()}
+    if args["bound"] == "1":
+        fns["sparse, matrix products alone"] = _matmul_bound(variants["sparse"], feats, [t for _, t in maps])
+    times = interleaved(fns, int(args["repeats"]), int(args["warmup"]))
     print(f"DFD loss forward+backward, P3-P7 of {IMAGE_HW[1]}x{IMAGE_HW[0]}, batch {n}, {c} channels, "
           f"maps varying over {args['scale']} input pixels, "
           f"hd={args['hd']} ld={args['ld']} transform={args['transform']}; CPU, {torch.get_num_threads()} threads, "
@@ -138,6 +146,37 @@ def full_scale(args: dict[str, str]) -> int:
         print(f"| P{int(math.log2(s))} | {hw[0]}x{hw[1]} | {float(m.hd_fraction):.3f} | {work:.3f} | {m.last_path} |")
     _report(times, values)
     return 0
+
+
+def _matmul_bound(losses: list[DFDLoss], feats: list[torch.Tensor], targets: list[torch.Tensor]) -> Callable[[], None]:
+    """The sparse path's matrix products alone: for each level, each convolution of f_trans at the number
+    of positions the sparse path evaluates it on, forward and backward (∂W, ∂input), on patch matrices
+    made here (no gather, no scatter), in the library's orientation (the last one channel-major). A level
+    the sparse path would run dense runs f_trans densely, as it does."""
+    products: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]] = []  # weight, patches, output gradient, channel-major
+    dense: list[tuple[torch.nn.Module, torch.Tensor]] = []
+    for m, fs, ft in zip(losses, feats, targets):
+        stack = conv_stack(m.transform)
+        sets = required_masks(stack, region_mask(disparity_map(fs.detach(), ft, m.temperature), m.threshold))
+        if float(sparse_work_fraction(stack, sets)) > m.sparse_max_fraction:
+            dense.append((m.transform, fs.detach().clone().requires_grad_()))
+            continue
+        convs = [layer for layer in stack if isinstance(layer, torch.nn.Conv2d)]
+        for i, (conv, s) in enumerate(zip(convs, sets)):
+            w = conv.weight.detach().permute(0, 2, 3, 1).reshape(conv.out_channels, -1).clone().requires_grad_()
+            p = torch.randn(int(s.sum()), w.shape[1]).requires_grad_()
+            last = i == len(convs) - 1
+            products.append((w, p, torch.randn(*((w.shape[0], p.shape[0]) if last else (p.shape[0], w.shape[0]))), last))
+
+    def run() -> None:
+        for w, p, g, last in products:
+            w.grad = p.grad = None
+            (w @ p.t() if last else p @ w.t()).backward(g)
+        for f, x in dense:
+            x.grad = None
+            f.zero_grad(set_to_none=True)
+            f(x).sum().backward()
+    return run
 
 
 def _report(times: dict[str, list[float]], values: dict[str, float]) -> None:
@@ -187,7 +226,7 @@ def sweep(args: dict[str, str]) -> int:
 def main(argv: list[str]) -> int:
     args = {"repeats": "5", "warmup": "1", "threads": "1", "batch": "2", "channels": "256", "transform": "generation",
             "hd": "tf", "ld": "mse", "sparse_max_fraction": "default", "sweep": "0",
-            "scale": "64", "malloc": "reuse", "channels_last": "0", "compile": "0"}
+            "scale": "64", "malloc": "reuse", "channels_last": "0", "compile": "0", "bound": "0"}
     for arg in argv:
         key, sep, value = arg.partition("=")
         if not sep or key not in args:

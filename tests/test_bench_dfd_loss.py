@@ -13,10 +13,11 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def test_bench_dfd_loss_full_scale_shapes_few_channels() -> None:
-    proc = subprocess.run([sys.executable, SCRIPT, "channels=4", "batch=1", "repeats=1", "warmup=0"],
+    proc = subprocess.run([sys.executable, SCRIPT, "channels=4", "batch=1", "repeats=1", "warmup=0", "bound=1"],
                           capture_output=True, text=True, timeout=120, env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| sparse / dense |" in proc.stdout and "| P7 | 7x11 |" in proc.stdout
+    assert "| sparse, matrix products alone / dense |" in proc.stdout
     rel = float(proc.stdout.split("relative difference ")[1].split(")")[0])
     assert rel < 1e-4
 

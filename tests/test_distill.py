@@ -16,6 +16,7 @@ from dfd.distill import (
     Threshold,
     channel_attention,
     disparity_map,
+    masked_squared_error,
     parse_threshold,
     pkd_loss,
     region_mask,
@@ -109,6 +110,24 @@ def test_mask_single_position() -> None:
 def test_bad_threshold_rejected(bad) -> None:
     with pytest.raises(ValueError, match="threshold|quantile"):
         region_mask(torch.rand(1, 1, 2, 2), bad)
+
+
+@pytest.mark.parametrize("mask", ["binary", "soft", None])
+def test_masked_squared_error_value_and_gradients_match_the_formula(mask: str | None) -> None:
+    """The three-pass autograd Function against the formula: value, and gradients for target and prediction."""
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(2, 3, 4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    p = torch.randn(2, 3, 4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    m = {"binary": (torch.rand(2, 1, 4, 5, generator=g) > 0.5).double(), "soft": torch.rand(2, 1, 4, 5, generator=g, dtype=torch.float64),
+         None: None}[mask]
+    expected = ((t - p) ** 2 * (1.0 if m is None else m)).sum() / 2
+    got = masked_squared_error(t, p, m)
+    assert got.dtype == torch.float32  # computed in float32 whatever the inputs
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+    want = torch.autograd.grad(expected, (t, p))
+    have = torch.autograd.grad(masked_squared_error(t, p, m), (t, p))
+    for w, h in zip(want, have):
+        assert torch.allclose(w, h.double(), rtol=1e-5, atol=1e-6)
 
 
 def test_dfd_loss_mse_by_hand() -> None:

@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 CONSTRAINTS = ("mse", "tf", "tf+mse", "none")
@@ -35,7 +36,29 @@ def masked_squared_error(target: Tensor, pred: Tensor, mask: Tensor | None = Non
     """
     if target.shape != pred.shape:
         raise ValueError(f"teacher and student features differ in shape: {tuple(target.shape)} vs {tuple(pred.shape)}")
-    sq = (target.float() - pred.float()).pow(2)
-    if mask is not None:
-        sq = sq * mask.float()
-    return sq.sum() / target.shape[0]
+    return _MaskedSquaredError.apply(target.float(), pred.float(), None if mask is None else mask.float()) / target.shape[0]
+
+
+class _MaskedSquaredError(torch.autograd.Function):
+    """Σ m·(t − p)² with its gradients, in three passes over the map instead of autograd's eight.
+
+    Forward: d = p − t, w = m·d, loss = Σ d·w; backward: ∂/∂p = 2·w, ∂/∂t = −2·w (w is kept,
+    one map). Autograd of the plain expression writes (t − p), its square and the product with the
+    mask, then pow's and mul's backwards and a negation: each a pass over a [N, C, H, W] map.
+    The sum stays torch's (pairwise, as accurate as before; a BLAS dot is faster but drifts by
+    about 1e-5 over a P3 map).
+    """
+
+    @staticmethod
+    def forward(ctx, target: Tensor, pred: Tensor, mask: Tensor | None) -> Tensor:  # noqa: ANN001 (autograd's ctx)
+        diff = pred - target
+        weighted = diff if mask is None else diff * mask
+        ctx.save_for_backward(weighted)
+        return (diff * weighted).sum()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # noqa: ANN001
+        (weighted,) = ctx.saved_tensors
+        g_pred = weighted * (2 * grad) if ctx.needs_input_grad[1] else None
+        g_target = weighted * (-2 * grad) if ctx.needs_input_grad[0] else None
+        return g_target, g_pred, None

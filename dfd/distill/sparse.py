@@ -100,19 +100,17 @@ def _rows(sets_mask: Tensor, pad: int) -> Tensor:
     return (nz[:, 0] * (h + 2 * pad) + nz[:, 1] + pad) * (w + 2 * pad) + nz[:, 2] + pad
 
 
-def _patches(layer: nn.Conv2d, source: Tensor, rows: Tensor, width: int, lookup: Tensor | None) -> Tensor:
+def _patches(layer: nn.Conv2d, source: Tensor, rows: Tensor, width: int, lookup: Tensor) -> Tensor:
     """The im2col of ``layer`` at ``rows`` of a padded map (row index r = (n·(H+2p) + y)·(W+2p) + x): [K, k·k·C].
 
-    ``source`` holds the map's rows, channels last: the whole padded map (``lookup`` None), or only the rows the
-    previous convolution produced followed by one zero row, with ``lookup`` giving each padded-map row's place
-    in it (the zero row for every row it did not produce: padding, or a position no output reads).
+    ``source`` holds some of the map's rows, channels last, then one zero row; ``lookup`` gives each
+    padded-map row's place in it (the zero row for every row it does not hold: padding, or a position
+    no output reads).
     """
     r = _radius(layer)
     d = torch.arange(-r, r + 1, device=rows.device)
     offsets = (d[:, None] * width + d[None, :]).reshape(-1)  # kernel order (ky, kx)
-    index = (rows[:, None] + offsets[None, :]).reshape(-1)
-    if lookup is not None:
-        index = lookup[index]
+    index = lookup[(rows[:, None] + offsets[None, :]).reshape(-1)]
     return source.index_select(0, index).reshape(rows.shape[0], offsets.numel() * source.shape[1])  # channel fastest
 
 
@@ -131,62 +129,68 @@ def _conv_at(layer: nn.Conv2d, patches: Tensor, channel_major: bool) -> Tensor:
 
 
 class _Rows(torch.autograd.Function):
-    """[N, C, H, W] -> [N·(H+2p)·(W+2p), C]: zero-padded, channels last, one row per position.
+    """[N, C, H, W] -> [N·H·W + 1, C]: channels last, one row per position, then a zero row.
 
-    One copy each way; the gradient comes back contiguous in [N, C, H, W] (the autograd of
-    pad + permute would hand back a channels-last view, and adding that to the gradient of
-    the feature's other uses, e.g. L_LD's, is a slow strided add).
+    One 2-D transpose per image each way (about twice as fast on a CPU as a 4-D permute, and the
+    gradient comes back contiguous in [N, C, H, W]: autograd's permute would hand back a
+    channels-last view, and adding that to the gradient of the feature's other uses, e.g. L_LD's,
+    is a slow strided add).
     """
 
     @staticmethod
-    def forward(ctx, feat: Tensor, pad: int) -> Tensor:  # noqa: ANN001 (autograd's ctx)
+    def forward(ctx, feat: Tensor) -> Tensor:  # noqa: ANN001 (autograd's ctx)
         n, c, h, w = feat.shape
-        ctx.pad, ctx.shape = pad, (n, c, h, w)
-        grid = feat.new_empty(n, h + 2 * pad, w + 2 * pad, c)
-        if pad:
-            for border in (grid[:, :pad], grid[:, h + pad:], grid[:, pad:h + pad, :pad], grid[:, pad:h + pad, w + pad:]):
-                border.zero_()
-        grid[:, pad:pad + h, pad:pad + w] = feat.permute(0, 2, 3, 1)
-        return grid.reshape(-1, c)
+        ctx.shape = (n, c, h, w)
+        rows = feat.new_empty(n * h * w + 1, c)
+        rows[-1].zero_()
+        for image, plane in zip(rows[:-1].view(n, h * w, c), feat.reshape(n, c, h * w)):
+            image.copy_(plane.t())
+        return rows
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # noqa: ANN001
+    def backward(ctx, grad: Tensor) -> Tensor:  # noqa: ANN001
         n, c, h, w = ctx.shape
-        p = ctx.pad
-        grad = grad.reshape(n, h + 2 * p, w + 2 * p, c)[:, p:p + h, p:p + w]
         out = grad.new_empty(n, c, h * w)
-        for plane, image in zip(out, grad):  # one 2-D transpose per image: about twice as fast on a CPU as a 4-D permute
-            plane.copy_(image.reshape(h * w, c).t())
-        return out.reshape(n, c, h, w), None
+        for plane, image in zip(out, grad[:-1].view(n, h * w, c)):
+            plane.copy_(image.t())
+        return out.reshape(n, c, h, w)
 
 
-def _grid(feat: Tensor, pad: int) -> Tensor:
-    """[N, C, H, W] -> [N·(H+2p)·(W+2p), C] (see :class:`_Rows`)."""
-    return _Rows.apply(feat, pad)
+def _lookup(n: int, h: int, w: int, pad: int, held: Tensor | None, device: torch.device) -> Tensor:
+    """Each row of the map padded by ``pad`` -> its row in a source of ``count`` rows then a zero row.
+
+    ``held``: the padded-map rows the source holds, in its order; None: the map's own positions in
+    raster order (the source of :class:`_Rows`).
+    """
+    count = n * h * w if held is None else held.shape[0]
+    lookup = torch.full((n, h + 2 * pad, w + 2 * pad), count, dtype=torch.long, device=device)
+    ids = torch.arange(count, device=device)
+    if held is None:
+        lookup[:, pad:pad + h, pad:pad + w] = ids.reshape(n, h, w)
+    else:
+        lookup.view(-1)[held] = ids
+    return lookup.view(-1)
 
 
 def sparse_transform(layers: Sequence[nn.Module], feat: Tensor, sets: Sequence[Tensor]) -> Tensor:
     """f_trans(F) at the positions of ``sets[-1]`` only -> [C_out, K], channel-major (columns in ``nonzero`` order).
 
-    ``sets`` are :func:`required_masks` of the output region. Each convolution after the first reads
-    only the rows the one before produced (plus one zero row for padding, through a lookup table):
-    :func:`required_masks` makes them all the rows it can read.
+    ``sets`` are :func:`required_masks` of the output region. The first convolution reads the map's
+    rows (:class:`_Rows`), each later one only the rows the one before produced (plus one zero row
+    for padding, through a lookup table): :func:`required_masks` makes them all the rows it can read.
     """
     n, _, h, w = feat.shape
     pad = max(_radius(layer) for layer in layers)
-    width = w + 2 * pad
     convs = sum(isinstance(layer, nn.Conv2d) for layer in layers)
-    source, lookup, rows, values, i = _grid(feat, pad), None, None, None, 0
+    source, lookup, rows, values, i = _Rows.apply(feat), _lookup(n, h, w, pad, None, feat.device), None, None, 0
     for layer in layers:
         if isinstance(layer, nn.Conv2d):
-            if values is not None:  # the previous conv's rows, then a zero row, and where each padded-map row is
-                source = F.pad(values, (0, 0, 0, 1))
-                lookup = torch.full((n * (h + 2 * pad) * width,), values.shape[0], dtype=torch.long, device=feat.device)
-                lookup[rows] = torch.arange(values.shape[0], device=feat.device)
+            if values is not None:  # the previous conv's rows, then a zero row
+                source, lookup = F.pad(values, (0, 0, 0, 1)), _lookup(n, h, w, pad, rows, feat.device)
             rows = _rows(sets[i], pad)
-            values, i = _conv_at(layer, _patches(layer, source, rows, width, lookup), channel_major=i == convs - 1), i + 1
+            values, i = _conv_at(layer, _patches(layer, source, rows, w + 2 * pad, lookup), channel_major=i == convs - 1), i + 1
         elif values is None:
-            source = layer(source)  # pointwise before the first conv: on the whole (padded) map
+            source = layer(source)  # pointwise before the first conv: on every row (0 stays 0)
         else:
             values = layer(values)
     return values
