@@ -36,7 +36,15 @@ def masked_squared_error(target: Tensor, pred: Tensor, mask: Tensor | None = Non
     """
     if target.shape != pred.shape:
         raise ValueError(f"teacher and student features differ in shape: {tuple(target.shape)} vs {tuple(pred.shape)}")
-    return _MaskedSquaredError.apply(target.float(), pred.float(), None if mask is None else mask.float()) / target.shape[0]
+    return squared_error_sum(target, pred, mask) / target.shape[0]
+
+
+def squared_error_sum(target: Tensor, pred: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Σ m·(t − p)² over every element, in float32 (``mask`` broadcast against ``pred``; None: m = 1).
+
+    The sum inside :func:`masked_squared_error`, for any layout (the sparse f_trans compares [C, K] columns).
+    """
+    return _MaskedSquaredError.apply(target.float(), pred.float(), None if mask is None else mask.float())
 
 
 class _MaskedSquaredError(torch.autograd.Function):

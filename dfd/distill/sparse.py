@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .constraint import squared_error_sum
+
 # Layers that act on each position alone (so they commute with any selection of positions).
 POINTWISE = (nn.ReLU, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Identity)
 
@@ -186,7 +188,7 @@ def sparse_transform(layers: Sequence[nn.Module], feat: Tensor, sets: Sequence[T
     for layer in layers:
         if isinstance(layer, nn.Conv2d):
             if values is not None:  # the previous conv's rows, then a zero row
-                source, lookup = F.pad(values, (0, 0, 0, 1)), _lookup(n, h, w, pad, rows, feat.device)
+                source, lookup = torch.cat([values, values.new_zeros(1, values.shape[1])]), _lookup(n, h, w, pad, rows, feat.device)
             rows = _rows(sets[i], pad)
             values, i = _conv_at(layer, _patches(layer, source, rows, w + 2 * pad, lookup), channel_major=i == convs - 1), i + 1
         elif values is None:
@@ -221,4 +223,4 @@ def sparse_region_error(layers: Sequence[nn.Module], target: Tensor, feat: Tenso
         sets = required_masks(layers, mask)
     region = mask.reshape(mask.shape[0], *mask.shape[-2:]).bool()
     pred = sparse_transform(layers, feat, sets)
-    return (_columns(target, region).float() - pred.float()).pow(2).sum() / target.shape[0]
+    return squared_error_sum(_columns(target, region), pred) / target.shape[0]
