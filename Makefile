@@ -44,7 +44,7 @@ test-fast: $(STAMP) ## Run the tests without the slow end-to-end ones
 
 bench: $(STAMP) ## Speed benchmarks (FGD masks; DFD's loss sparse vs dense at full-scale shapes; step time against the floor)
 	$(PY) scripts/bench_fgd_masks.py
-	$(PY) scripts/bench_dfd_loss.py
+	$(PY) scripts/bench_dfd_loss.py bound=1
 	$(PY) scripts/bench_step.py methods=dfd,mse,mgd,fgd
 
 $(REPRODUCE): reproduce-table-%: $(STAMP)
