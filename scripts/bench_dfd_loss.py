@@ -33,6 +33,7 @@ growing size, to place the break-even that ``sparse_max_fraction``'s default com
 """
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 import sys
@@ -148,34 +149,43 @@ def full_scale(args: dict[str, str]) -> int:
     return 0
 
 
+def _dense_transform(f: torch.nn.Module, x: torch.Tensor) -> None:
+    x.grad = None
+    f(x).sum().backward()
+
+
 def _matmul_bound(losses: list[DFDLoss], feats: list[torch.Tensor], targets: list[torch.Tensor]) -> Callable[[], None]:
     """The sparse path's matrix products alone: for each level, each convolution of f_trans at the number
-    of positions the sparse path evaluates it on, forward and backward (∂W, ∂input), on patch matrices
-    made here (no gather, no scatter), in the library's orientation (the last one channel-major). A level
+    of positions the sparse path evaluates it on, forward and backward (∂input, ∂W), on patch matrices
+    made here (no gather, no scatter), in the library's orientation (the last one channel-major), into
+    buffers made once (so this row does not change how the heap looks to the other variants). A level
     the sparse path would run dense runs f_trans densely, as it does."""
-    products: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]] = []  # weight, patches, output gradient, channel-major
-    dense: list[tuple[torch.nn.Module, torch.Tensor]] = []
+    products: list[Callable[[], None]] = []
     for m, fs, ft in zip(losses, feats, targets):
         stack = conv_stack(m.transform)
         sets = required_masks(stack, region_mask(disparity_map(fs.detach(), ft, m.temperature), m.threshold))
         if float(sparse_work_fraction(stack, sets)) > m.sparse_max_fraction:
-            dense.append((m.transform, fs.detach().clone().requires_grad_()))
+            products.append(functools.partial(_dense_transform, m.transform, fs.detach().clone().requires_grad_()))
             continue
         convs = [layer for layer in stack if isinstance(layer, torch.nn.Conv2d)]
         for i, (conv, s) in enumerate(zip(convs, sets)):
-            w = conv.weight.detach().permute(0, 2, 3, 1).reshape(conv.out_channels, -1).clone().requires_grad_()
-            p = torch.randn(int(s.sum()), w.shape[1]).requires_grad_()
-            last = i == len(convs) - 1
-            products.append((w, p, torch.randn(*((w.shape[0], p.shape[0]) if last else (p.shape[0], w.shape[0]))), last))
+            w = conv.weight.detach().permute(0, 2, 3, 1).reshape(conv.out_channels, -1).clone()
+            p = torch.randn(int(s.sum()), w.shape[1])
+            out = {"w": torch.empty_like(w), "p": torch.empty_like(p)}
+            if i == len(convs) - 1:  # [C_out, K] = W · Pᵀ, as the library's last convolution
+                g, out["y"] = torch.randn(w.shape[0], p.shape[0]), torch.empty(w.shape[0], p.shape[0])
+                products.append(lambda w=w, p=p, g=g, o=out: (torch.mm(w, p.t(), out=o["y"]), torch.mm(g.t(), w, out=o["p"]),
+                                                             torch.mm(g, p, out=o["w"])))
+            else:  # [K, C_out] = P · Wᵀ
+                g, out["y"] = torch.randn(p.shape[0], w.shape[0]), torch.empty(p.shape[0], w.shape[0])
+                products.append(lambda w=w, p=p, g=g, o=out: (torch.mm(p, w.t(), out=o["y"]), torch.mm(g, w, out=o["p"]),
+                                                             torch.mm(g.t(), p, out=o["w"])))
 
     def run() -> None:
-        for w, p, g, last in products:
-            w.grad = p.grad = None
-            (w @ p.t() if last else p @ w.t()).backward(g)
-        for f, x in dense:
-            x.grad = None
-            f.zero_grad(set_to_none=True)
-            f(x).sum().backward()
+        for m in losses:
+            m.zero_grad(set_to_none=True)
+        for product in products:
+            product()
     return run
 
 
