@@ -131,18 +131,18 @@ def full_scale(args: dict[str, str]) -> int:
             values[name] = float(total.detach())
         return run
 
+    masks = [region_mask(disparity_map(fs.detach(), ft, m.temperature), m.threshold) for m, (fs, ft) in zip(variants["sparse"], maps)]
     fns = {name: step(losses, name) for name, losses in variants.items()}
     if args["bound"] == "1":
-        fns["sparse, matrix products alone"] = _matmul_bound(variants["sparse"], feats, [t for _, t in maps])
+        fns["sparse, matrix products alone"] = _matmul_bound(variants["sparse"], feats, masks)
     times = interleaved(fns, int(args["repeats"]), int(args["warmup"]))
     print(f"DFD loss forward+backward, P3-P7 of {IMAGE_HW[1]}x{IMAGE_HW[0]}, batch {n}, {c} channels, "
           f"maps varying over {args['scale']} input pixels, "
           f"hd={args['hd']} ld={args['ld']} transform={args['transform']}; CPU, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}; malloc={args['malloc']}; channels_last={args['channels_last']}; {args['repeats']} interleaved rounds after {args['warmup']} warm-up")
     print("| level | H x W | R_HD share | sparse work share | path |\n|---|---|---:|---:|---|")
-    for s, m, (fs, ft), hw in zip(STRIDES, variants["sparse"], maps, shapes):
+    for s, m, mask, hw in zip(STRIDES, variants["sparse"], masks, shapes):
         stack = conv_stack(m.transform) if m.transform is not None else None
-        mask = region_mask(disparity_map(fs.detach(), ft, m.temperature), m.threshold)
         work = float(sparse_work_fraction(stack, required_masks(stack, mask))) if stack else float("nan")
         print(f"| P{int(math.log2(s))} | {hw[0]}x{hw[1]} | {float(m.hd_fraction):.3f} | {work:.3f} | {m.last_path} |")
     _report(times, values)
@@ -154,19 +154,19 @@ def _dense_transform(f: torch.nn.Module, x: torch.Tensor) -> None:
     f(x).sum().backward()
 
 
-def _matmul_bound(losses: list[DFDLoss], feats: list[torch.Tensor], targets: list[torch.Tensor]) -> Callable[[], None]:
+def _matmul_bound(losses: list[DFDLoss], feats: list[torch.Tensor], masks: list[torch.Tensor]) -> Callable[[], None]:
     """The sparse path's matrix products alone: for each level, each convolution of f_trans at the number
     of positions the sparse path evaluates it on, forward and backward (∂input, ∂W), on patch matrices
     made here (no gather, no scatter), in the library's orientation (the last one channel-major), into
     buffers made once (so this row does not change how the heap looks to the other variants). A level
     the sparse path would run dense runs f_trans densely, as it does."""
     products: list[Callable[[], None]] = []
-    for m, fs, ft in zip(losses, feats, targets):
-        stack = conv_stack(m.transform)
-        sets = required_masks(stack, region_mask(disparity_map(fs.detach(), ft, m.temperature), m.threshold))
-        if float(sparse_work_fraction(stack, sets)) > m.sparse_max_fraction:
+    for m, fs, mask in zip(losses, feats, masks):
+        plan = m.sparse_plan(mask)  # the loss's own decision
+        if plan is None:
             products.append(functools.partial(_dense_transform, m.transform, fs.detach().clone().requires_grad_()))
             continue
+        stack, sets = plan
         convs = [layer for layer in stack if isinstance(layer, torch.nn.Conv2d)]
         for i, (conv, s) in enumerate(zip(convs, sets)):
             w = conv.weight.detach().permute(0, 2, 3, 1).reshape(conv.out_channels, -1).clone()

@@ -117,23 +117,29 @@ class DFDLoss(nn.Module):
         self.sparse_max_fraction = float(sparse_max_fraction)
         self.last_path = ""
 
+    def sparse_plan(self, mask: Tensor) -> tuple[list[nn.Module], list[Tensor]] | None:
+        """f_trans's layers and their :func:`~.sparse.required_masks` for the region ``mask`` when f_trans
+        runs sparse there, else None (no f_trans, a structure the sparse path cannot evaluate,
+        ``sparse_max_fraction`` = 0, or more than that share of the dense work). Deciding reads one
+        count from the device (the sparse path's index lists need the host anyway)."""
+        stack = conv_stack(self.transform) if self.transform is not None else None
+        if stack is None or self.sparse_max_fraction <= 0:
+            return None
+        with torch.no_grad():
+            sets = required_masks(stack, mask)
+            work = float(sparse_work_fraction(stack, sets))  # the decision's one host sync
+        return (stack, sets) if work <= self.sparse_max_fraction else None
+
     def _transform_errors(self, target: Tensor, aligned: Tensor, masks: dict[str, Tensor]) -> dict[str, Tensor]:
         """Σ_R (F^T − f_trans(F^S))² / N for each region that uses f_trans.
 
-        With one such region and a supported f_trans, f_trans runs sparse when that costs at
-        most ``sparse_max_fraction`` of the dense work: deciding reads one count from the
-        device (the sparse path's index lists need the host anyway).
+        With one such region, f_trans runs sparse where :meth:`sparse_plan` says so.
         """
         regions = [name for name, c in (("hd", self.hd), ("ld", self.ld)) if c in ("tf", "tf+mse")]
-        stack = conv_stack(self.transform) if self.transform is not None else None
-        if len(regions) == 1 and stack is not None and self.sparse_max_fraction > 0:
-            mask = masks[regions[0]]
-            with torch.no_grad():
-                sets = required_masks(stack, mask)
-                work = float(sparse_work_fraction(stack, sets))  # the decision's one host sync
-            if work <= self.sparse_max_fraction:
-                self.last_path = "sparse"
-                return {regions[0]: sparse_region_error(stack, target, aligned, mask, sets)}
+        plan = self.sparse_plan(masks[regions[0]]) if len(regions) == 1 else None
+        if plan is not None:
+            self.last_path = "sparse"
+            return {regions[0]: sparse_region_error(plan[0], target, aligned, masks[regions[0]], plan[1])}
         if not regions:
             return {}
         self.last_path = "dense"
